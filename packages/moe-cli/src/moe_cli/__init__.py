@@ -1,0 +1,3 @@
+"""moe-cli."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""moe-core."""
+
+__all__: list[str] = []

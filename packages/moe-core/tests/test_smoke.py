@@ -1,0 +1,5 @@
+import moe_core
+
+
+def test_import():
+    assert moe_core.__all__ == []

@@ -1,0 +1,3 @@
+"""moe-profiles."""
+
+__all__: list[str] = []

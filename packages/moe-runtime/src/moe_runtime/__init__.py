@@ -1,0 +1,3 @@
+"""moe-runtime."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""moe-server."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""moe-testing."""
+
+__all__: list[str] = []
