@@ -1,3 +1,39 @@
-"""moe-core."""
+"""moe-core: run Mixture-of-Experts models larger than memory on MLX.
 
-__all__: list[str] = []
+`offload(model, model_path, ...)` swaps every expert bank of a lazily loaded mlx-lm model for one
+that keeps only some experts resident and reads the rest from the checkpoint when the router picks
+them. By default the output is identical to the unmodified model's.
+"""
+
+from ._backend import Backend, CPUBackend, CUDABackend, MetalBackend, detect_backend, parse_size
+from ._bank import MISS_MODES
+from ._cache import CacheStats, ExpertCache, Wave
+from ._errors import BudgetError, CheckpointError, MoEError, UnsupportedModelError
+from ._offload import Budget, Geometry, OffloadHandle, describe, fingerprint, offload
+from ._policy import POLICIES, Policy, make_policy
+
+__all__ = [
+    "MISS_MODES",
+    "POLICIES",
+    "Backend",
+    "Budget",
+    "BudgetError",
+    "CPUBackend",
+    "CUDABackend",
+    "CacheStats",
+    "CheckpointError",
+    "ExpertCache",
+    "Geometry",
+    "MetalBackend",
+    "MoEError",
+    "OffloadHandle",
+    "Policy",
+    "UnsupportedModelError",
+    "Wave",
+    "describe",
+    "detect_backend",
+    "fingerprint",
+    "make_policy",
+    "offload",
+    "parse_size",
+]

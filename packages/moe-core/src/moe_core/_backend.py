@@ -1,0 +1,171 @@
+"""Memory facts per MLX backend behind one small interface: how much the process may use, how to
+hold MLX to a budget, and how much it used at peak.
+
+CPU (Linux): the smaller of MemAvailable (plus what this process already holds) and the cgroup
+limit, v1 or v2; peak is the kernel's VmHWM. Metal: the recommended working set. CUDA: the card's
+free memory plus what MLX already holds. No backend's keys are read on another.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+_UNLIMITED = 1 << 60
+
+
+@dataclass(slots=True)
+class CPUBackend:
+    name: str = "cpu"
+    proc: Path = Path("/proc")
+    cgroup: Path = Path("/sys/fs/cgroup")
+
+    def available_memory(self) -> int:
+        """Bytes this process may hold in all: what it holds now plus what it could still get."""
+        limits = [self._meminfo("MemAvailable") + self.process_memory()]
+        cgroup = self.cgroup_limit()
+        if cgroup is not None:
+            limits.append(cgroup)
+        return min(limits)
+
+    def process_memory(self) -> int:
+        return self._status("VmRSS")
+
+    def peak_memory(self) -> int:
+        return self._status("VmHWM")
+
+    def set_limits(self, memory: int) -> None:
+        _set_mlx_limits(memory)
+
+    def cgroup_limit(self) -> int | None:
+        """The tightest memory limit of this process's cgroup and its ancestors, v2 or v1."""
+        try:
+            lines = (self.proc / "self" / "cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        limits = []
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":  # v2 unified hierarchy
+                base, file = self.cgroup, "memory.max"
+            elif "memory" in controllers.split(","):
+                base, file = self.cgroup / "memory", "memory.limit_in_bytes"
+            else:
+                continue
+            node = base / path.lstrip("/")
+            while True:
+                value = _read_limit(node / file)
+                if value is not None:
+                    limits.append(value)
+                if node == base or base not in node.parents:
+                    break
+                node = node.parent
+        limits = [v for v in limits if v < _UNLIMITED]
+        return min(limits) if limits else None
+
+    def _meminfo(self, key: str) -> int:
+        for line in (self.proc / "meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"{self.proc / 'meminfo'} has no {key}")
+
+    def _status(self, key: str) -> int:
+        try:
+            text = (self.proc / "self" / "status").read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+
+@dataclass(slots=True)
+class MetalBackend:
+    name: str = "metal"
+
+    def available_memory(self) -> int:
+        return int(mx.device_info()["max_recommended_working_set_size"])
+
+    def process_memory(self) -> int:
+        return int(mx.get_active_memory())
+
+    def peak_memory(self) -> int:
+        return int(mx.get_peak_memory())
+
+    def set_limits(self, memory: int) -> None:
+        _set_mlx_limits(memory)
+
+
+@dataclass(slots=True)
+class CUDABackend:
+    name: str = "cuda"
+
+    def available_memory(self) -> int:
+        info = mx.device_info()
+        # MLX allocates managed memory: never let it plan past what the card has free.
+        return int(info["free_memory"]) + int(mx.get_active_memory())
+
+    def process_memory(self) -> int:
+        return int(mx.get_active_memory())
+
+    def peak_memory(self) -> int:
+        return int(mx.get_peak_memory())
+
+    def set_limits(self, memory: int) -> None:
+        _set_mlx_limits(min(memory, self.available_memory()))
+
+
+Backend = CPUBackend | MetalBackend | CUDABackend
+
+
+def detect_backend() -> Backend:
+    """The backend MLX computes on in this process."""
+    if mx.metal.is_available():
+        return MetalBackend()
+    cuda = getattr(mx, "cuda", None)
+    if cuda is not None and cuda.is_available():
+        return CUDABackend()
+    if not sys.platform.startswith("linux"):
+        raise RuntimeError(f"no memory backend for the CPU on {sys.platform}")
+    return CPUBackend()
+
+
+def _set_mlx_limits(memory: int) -> None:
+    mx.set_memory_limit(memory)
+    # Freed buffers MLX keeps for reuse count against the budget too.
+    mx.set_cache_limit(min(memory // 16, 256 * 1024 * 1024))
+
+
+def _read_limit(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text in ("", "max"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from `12GB`, `512MiB`, `1.5G` or a plain number."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
+             "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}  # fmt: skip
+    s = text.strip().lower().replace(" ", "")
+    number = s.rstrip("kmgtib")
+    unit = s[len(number) :]
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"not a memory size: {text!r} (try e.g. 12GB or 512MiB)") from None
+    if value <= 0:
+        raise ValueError(f"memory size must be positive: {text!r}")
+    return int(value)

@@ -1,0 +1,187 @@
+"""The offloaded expert bank: a drop-in for mlx-lm's `SwitchGLU`/`SwitchMLP` that keeps `C`
+experts resident in slot tensors and reads the rest from disk when the router picks them.
+
+Exact mode calls the original bank, with its weights swapped for `[C, ...]` slot tensors, on the
+router's indices remapped to slots: the same kernel with the same arguments, so outputs are
+identical to the unmodified model's. Only when one step needs more experts than there are slots
+(prefill at low capacity) does it run the bank in waves of experts, each touched expert read once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ._cache import ExpertCache
+from ._checkpoint import BankMap
+from ._store import ExpertStore, slot_tensor
+
+TraceHook = Callable[[int, np.ndarray], None]
+
+MISS_MODES = ("exact", "skip")
+
+# Families whose router normalises the chosen experts' weights without a `norm_topk_prob` flag
+# (a softmax over the top-k logits).
+_NORMALISED_FAMILIES = ("mixtral", "gpt_oss", "granitemoe", "phimoe", "minimax")
+
+
+@dataclass(slots=True)
+class LayerStats:
+    bytes_read: int = 0
+    read_seconds: float = 0.0
+    skipped: int = 0
+
+
+@dataclass(slots=True)
+class Layer:
+    """Everything the offloaded bank of one MoE layer owns besides its module."""
+
+    map: BankMap
+    cache: ExpertCache
+    store: ExpertStore
+    dests: list[np.ndarray]  # per param: [C, nbytes] writable view of its slot tensor
+    miss: str = "exact"
+    trace: list[TraceHook | None] = field(default_factory=lambda: [None])  # shared, settable
+    router: RouterTap | None = None
+    stats: LayerStats = field(default_factory=LayerStats)
+
+    def load(self, loads: list[tuple[int, int]]) -> None:
+        if not loads:
+            return
+        before = self.store.stats.read_seconds
+        self.store.read(self.map, loads, self.dests)
+        self.stats.bytes_read += self.map.expert_bytes * len(loads)
+        self.stats.read_seconds += self.store.stats.read_seconds - before
+
+
+class RouterTap(nn.Module):
+    """Wraps a MoE block's router to keep its last output, for the lossy `skip` mode's weights."""
+
+    def __init__(self, router: nn.Module, *, normalised: bool) -> None:
+        super().__init__()
+        self.router = router
+        self.normalised = normalised
+        self.last = None
+
+    def __call__(self, x):
+        self.last = self.router(x)
+        return self.last
+
+    def weights(self, indices: mx.array) -> mx.array:
+        """Unnormalised weight of each chosen expert, `[..., k]`."""
+        out = self.last
+        if isinstance(out, tuple):  # MoEGate-style routers return (indices, scores)
+            return out[1].astype(mx.float32)
+        logits = mx.take_along_axis(out.astype(mx.float32), indices.astype(mx.int32), axis=-1)
+        return mx.exp(logits - logits.max(axis=-1, keepdims=True))
+
+
+def tap_router(block: nn.Module) -> RouterTap:
+    """Put a RouterTap on the block's router (`gate` or `router`)."""
+    for name in ("gate", "router"):
+        router = getattr(block, name, None)
+        if isinstance(router, nn.Module):
+            break
+    else:
+        raise ValueError(f"{type(block).__name__}: no `gate` or `router` to take weights from")
+    if hasattr(block, "norm_topk_prob"):
+        normalised = bool(block.norm_topk_prob)
+    elif hasattr(router, "norm_topk_prob"):
+        normalised = bool(router.norm_topk_prob)
+    else:
+        normalised = type(block).__module__.rsplit(".", 1)[-1] in _NORMALISED_FAMILIES
+    tap = RouterTap(router, normalised=normalised)
+    setattr(block, name, tap)
+    return tap
+
+
+class OffloadedBank(nn.Module):
+    """Replaces one expert bank; see the module docstring."""
+
+    def __init__(self, bank: nn.Module, layer: Layer) -> None:
+        super().__init__()
+        self.bank = bank
+        self._layer = layer
+
+    @staticmethod
+    def install(
+        bank: nn.Module, bank_map: BankMap, cache: ExpertCache, store: ExpertStore
+    ) -> Layer:
+        """Swap the bank's per-expert weights for slot tensors; returns the layer state."""
+        dests = []
+        for param in bank_map.params:
+            proj, name = param.name.split(".", 1)
+            slots, host = slot_tensor(cache.capacity, param.shape, param.dtype)
+            setattr(getattr(bank, proj), name, slots)
+            dests.append(host)
+        return Layer(bank_map, cache, store, dests)
+
+    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
+        layer = self._layer
+        ids = np.array(indices)  # [..., k]; the one host sync of this layer
+        hook = layer.trace[0]
+        if hook is not None:
+            hook(layer.map.index, ids.reshape(-1, ids.shape[-1]))
+        needed = np.unique(ids).astype(np.int64)
+        if layer.miss == "skip":
+            return self._skip(x, indices, ids)
+
+        waves = layer.cache.step(needed)
+        wave = next(waves)
+        layer.load(wave.loads)
+        if wave.experts.size == needed.size:
+            slots = layer.cache.slot_of[ids].astype(np.uint32)
+            return self.bank(x, mx.array(slots))
+        return self._in_waves(x, ids, wave, waves)
+
+    def _in_waves(self, x, ids, wave, waves) -> mx.array:
+        """Run the bank over (token, choice) pairs wave by wave, then put rows back in order."""
+        layer = self._layer
+        *lead, k = ids.shape
+        flat_x = x.reshape(-1, x.shape[-1])  # [N, D]
+        flat_ids = ids.reshape(-1, k)  # [N, k]
+        outputs, order = [], []
+        while True:
+            token, choice = np.nonzero(np.isin(flat_ids, wave.experts))
+            slots = layer.cache.slot_of[flat_ids[token, choice]].astype(np.uint32)
+            out = self.bank(flat_x[mx.array(token)], mx.array(slots[:, None]))  # [n, 1, D]
+            # The next wave overwrites these slots: finish this one first.
+            mx.eval(out)
+            outputs.append(out[:, 0])
+            order.append(token * k + choice)
+            wave = next(waves, None)
+            if wave is None:
+                break
+            layer.load(wave.loads)
+        rows = mx.concatenate(outputs)[mx.array(np.argsort(np.concatenate(order)))]
+        return rows.reshape(*lead, k, rows.shape[-1])
+
+    def _skip(self, x: mx.array, indices: mx.array, ids: np.ndarray) -> mx.array:
+        """Lossy: drop experts that are not resident, renormalising as the router would."""
+        layer = self._layer
+        cache = layer.cache
+        slot = cache.slot_of[ids]
+        resident = slot >= 0
+        layer.stats.skipped += int((~resident).sum())
+        cache.stats.hits += int(resident.sum())
+        cache.stats.misses += int((~resident).sum())
+        if not resident.any():
+            return mx.zeros((*ids.shape, x.shape[-1]), dtype=x.dtype)
+        cache.policy.on_access(np.unique(ids[resident]))
+        slot = np.where(resident, slot, slot[resident].flat[0]).astype(np.uint32)
+        out = self.bank(x, mx.array(slot))
+        keep = mx.array(resident)
+        if layer.router is not None and layer.router.normalised:
+            w = layer.router.weights(indices)
+            kept = mx.where(keep, w, 0.0)
+            scale = w.sum(axis=-1, keepdims=True) / mx.maximum(
+                kept.sum(axis=-1, keepdims=True), 1e-20
+            )
+            factor = mx.where(keep, scale, 0.0)
+        else:
+            factor = keep.astype(mx.float32)
+        return out * factor[..., None].astype(out.dtype)

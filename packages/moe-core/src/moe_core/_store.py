@@ -1,0 +1,99 @@
+"""The expert store: open checkpoint files and reader threads that read experts straight into the
+slot buffers MLX computes on.
+
+Reads use `os.preadv` (the GIL is released while the kernel copies), several experts at a time from
+a small thread pool. The store counts bytes and seconds so its throughput can be set beside the
+disk's own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from ._checkpoint import BankMap
+from ._errors import CheckpointError
+
+
+@dataclass(slots=True)
+class StoreStats:
+    bytes_read: int = 0
+    read_seconds: float = 0.0
+    experts_read: int = 0
+
+
+class ExpertStore:
+    """Owns the file descriptors of a checkpoint's shards and the pool that reads from them."""
+
+    def __init__(self, banks: list[BankMap], *, threads: int = 4) -> None:
+        files = {f for bank in banks for p in bank.params for f in p.files}
+        self._fds: dict[Path, int] = {}
+        try:
+            for f in sorted(files):
+                self._fds[f] = os.open(f, os.O_RDONLY)
+        except OSError as e:
+            self.close()
+            raise CheckpointError(f"{e.filename}: cannot open shard ({e.strerror})") from None
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="moe-read")
+        self._lock = threading.Lock()
+        self.stats = StoreStats()
+
+    def read(self, bank: BankMap, loads: list[tuple[int, int]], dests: list[np.ndarray]) -> None:
+        """Read each `(expert, slot)` of `loads` into row `slot` of every param's byte view."""
+        if not loads:
+            return
+        start = time.perf_counter()
+        if len(loads) == 1:
+            self._read_expert(bank, *loads[0], dests)
+        else:
+            # list() re-raises the first error a reader hit.
+            list(self._pool.map(lambda load: self._read_expert(bank, *load, dests), loads))
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            self.stats.bytes_read += bank.expert_bytes * len(loads)
+            self.stats.read_seconds += elapsed
+            self.stats.experts_read += len(loads)
+
+    def _read_expert(self, bank: BankMap, expert: int, slot: int, dests: list[np.ndarray]) -> None:
+        for param, dest in zip(bank.params, dests, strict=True):
+            file = param.files[expert]
+            got = os.preadv(self._fds[file], [dest[slot]], int(param.offsets[expert]))
+            if got != param.nbytes:
+                raise CheckpointError(
+                    f"{file}: tensor {param.tensors[expert]} gave {got} of {param.nbytes} bytes "
+                    f"for expert {expert} (was the shard truncated?)"
+                )
+
+    def close(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def slot_tensor(
+    capacity: int, shape: tuple[int, ...], dtype: mx.Dtype
+) -> tuple[mx.array, np.ndarray]:
+    """A zeroed `[capacity, *shape]` array and a writable `[capacity, nbytes]` uint8 view of its
+    memory, so experts are read straight into the buffer MLX computes on."""
+    array = mx.zeros((capacity, *shape), dtype=dtype)
+    # numpy has no bfloat16: look at those bits as uint16 (a view of the same buffer).
+    viewed = array.view(mx.uint16) if dtype == mx.bfloat16 else array
+    mx.eval(array, viewed)
+    host = np.array(viewed, copy=False).reshape(capacity, -1).view(np.uint8)
+    # The view must alias MLX's buffer; a copy would silently compute on zeros.
+    host[0, :1] = 1
+    aliased = bool(array.reshape(capacity, -1).view(mx.uint8)[0, 0].item() == 1)
+    host[0, :1] = 0
+    if not aliased:
+        raise RuntimeError("this MLX backend does not expose array memory to the host for writing")
+    return array, host

@@ -1,5 +1,0 @@
-import moe_core
-
-
-def test_import():
-    assert moe_core.__all__ == []
