@@ -1,0 +1,135 @@
+"""Bad checkpoints and models give clear errors that name the file and tensor."""
+
+import json
+import shutil
+
+import mlx.core as mx
+import pytest
+from _models import offloaded
+from mlx_lm.models import llama
+from mlx_lm.utils import load_model, save_config, save_model
+
+import moe_core
+from moe_core import BudgetError, CheckpointError, UnsupportedModelError
+
+
+@pytest.fixture
+def copy(moe_checkpoint, tmp_path):
+    def make(*args):
+        dst = tmp_path / "model"
+        shutil.copytree(moe_checkpoint(*args), dst)
+        return dst
+
+    return make
+
+
+def expert_shard(path):
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    return next(f for k, f in index["weight_map"].items() if "switch_mlp" in k or "experts" in k)
+
+
+def test_dense_model_is_refused(tmp_path):
+    config = dict(
+        model_type="llama", hidden_size=64, num_hidden_layers=1, intermediate_size=128,
+        num_attention_heads=2, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=100,
+        rope_theta=10000.0, tie_word_embeddings=True,
+    )  # fmt: skip
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    mx.eval(model.parameters())
+    save_model(tmp_path, model, donate_model=False)
+    save_config(config, tmp_path / "config.json")
+    lazy, _ = load_model(tmp_path, lazy=True)
+    with pytest.raises(UnsupportedModelError, match="no expert banks"):
+        moe_core.offload(lazy, tmp_path, capacity=2)
+
+
+def test_truncated_shard_names_file_and_tensor(copy):
+    path = copy("qwen3_moe", "stacked", "q4")
+    shard = path / expert_shard(path)
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:
+        f.truncate(size - 1000)
+    model, _ = load_model(path, lazy=True)
+    with pytest.raises(CheckpointError) as err:
+        moe_core.offload(model, path, capacity=2)
+    assert shard.name in str(err.value) and "truncated" in str(err.value)
+    assert "tensor " in str(err.value)
+
+
+def test_missing_shard_names_file(copy):
+    path = copy("qwen3_moe", "split", "q4")
+    model, _ = load_model(path, lazy=True)
+    shard = path / expert_shard(path)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=f"{shard.name}.*missing"):
+        moe_core.offload(model, path, capacity=2)
+
+
+def test_shape_mismatch_is_refused(copy):
+    path = copy("qwen3_moe", "stacked", "q4")
+    config = json.loads((path / "config.json").read_text())
+    config["moe_intermediate_size"] *= 2
+    (path / "config.json").write_text(json.dumps(config))
+    bigger, _ = load_model(path, lazy=True, strict=False)
+    with pytest.raises(CheckpointError, match="the model expects"):
+        moe_core.offload(bigger, path, capacity=2)
+
+
+def test_bad_arguments(moe_checkpoint):
+    path = moe_checkpoint("qwen3_moe", "stacked", "q4")
+    model, _ = load_model(path, lazy=True)
+    with pytest.raises(ValueError, match="not both"):
+        moe_core.offload(model, path, capacity=2, memory=10**9)
+    with pytest.raises(ValueError, match="miss mode"):
+        moe_core.offload(model, path, capacity=2, miss="guess")
+    with pytest.raises(BudgetError, match="at least"):
+        moe_core.offload(model, path, memory=10**6)
+
+
+def test_pinned_experts_are_never_evicted(moe_checkpoint):
+    path = moe_checkpoint("qwen3_moe", "stacked", "q4")
+    model, handle = offloaded(path, capacity=6)
+    handle.pin({0: [1, 2]})
+    seen = []
+    handle.set_trace(lambda layer, ids: seen.append(handle.resident()[0]) if layer == 0 else None)
+    for seed in range(4):
+        model(mx.array([[seed * 7 + i for i in range(3, 40)]]))
+    assert len(seen) > 1 and all({1, 2} <= resident for resident in seen)
+    assert {1, 2} <= handle.resident()[0]
+    assert handle.pinned()[0] == {1, 2}
+
+
+def test_skip_is_lossy_and_never_loads_on_a_miss(moe_checkpoint):
+    path = moe_checkpoint("qwen3_moe", "stacked", "q4")
+    tokens = mx.array([list(range(3, 43))])
+    exact, _ = offloaded(path, capacity=4)
+    skip, handle = offloaded(path, capacity=4, miss="skip")
+    handle.prefetch({layer: [0, 1, 2, 3] for layer in range(len(handle.capacity))})
+    handle.reset_stats()
+    out = skip(tokens)
+    stats = handle.stats()
+    assert stats["bytes_read"] == 0 and stats["misses"] > 0
+    assert sum(layer["skipped"] for layer in stats["layers"]) == stats["misses"]
+    assert not mx.array_equal(out, exact(tokens)).item()
+    assert bool(mx.isfinite(out).all())
+
+
+def test_skip_with_every_expert_resident_is_exact(moe_checkpoint):
+    path = moe_checkpoint("mixtral", "stacked", "q4")
+    tokens = mx.array([list(range(3, 43))])
+    full, _ = offloaded(path, capacity=10**6)
+    skip, sh = offloaded(path, capacity=10**6, miss="skip")
+    sh.prefetch({i: range(e) for i, e in enumerate(sh.num_experts)})
+    assert mx.array_equal(skip(tokens), full(tokens)).item()
+    assert sh.stats()["misses"] == 0
+
+
+def test_quantized_linear_without_expert_axis_is_refused():
+    from mlx_lm.models.switch_layers import SwitchGLU
+
+    from moe_core._checkpoint import bank_params
+
+    bank = SwitchGLU(64, 32, 4)
+    bank.gate_proj.weight = mx.zeros((64, 32))
+    with pytest.raises(UnsupportedModelError, match="no leading expert axis"):
+        bank_params("layers.0.mlp.switch_mlp", bank)
