@@ -25,20 +25,34 @@ def hit_curves(
     curves = []
     for index, experts in enumerate(trace.num_experts):
         start = max(1, min(low, experts))
-        grid = np.unique(
-            np.concatenate(
-                [
-                    np.geomspace(start, experts, points),
-                    np.linspace(start, experts, max(2, points // 2)),
-                ]
-            ).round()
-        ).astype(int)
-        curve = []
-        for capacity in grid.tolist():
-            result = simulate(trace, [capacity] * trace.num_layers, policy, layers=[index])
-            curve.append((capacity, result.hits))
-        curves.append(curve)
+        grid = np.concatenate(
+            [np.geomspace(start, experts, points), np.linspace(start, experts, max(2, points // 2))]
+        )
+        curves.append(_measure(trace, index, policy, {}, np.unique(grid.round()).astype(int)))
     return curves
+
+
+def refine_curves(
+    trace: Trace, curves: list[Curve], around: Sequence[int], *, policy: str = "lfuda"
+) -> list[Curve]:
+    """Add measurements at every capacity within a quarter of `around[layer]` of it, where the
+    allocation is decided and linear interpolation between coarse points would mislead."""
+    out = []
+    for index, (curve, cap) in enumerate(zip(curves, around, strict=True)):
+        low, high = curve[0][0], curve[-1][0]
+        width = max(2, cap // 4)
+        grid = [c for c in range(max(low, cap - width), min(high, cap + width) + 1)]
+        out.append(_measure(trace, index, policy, dict(curve), grid))
+    return out
+
+
+def _measure(trace: Trace, index: int, policy: str, known: dict[int, int], grid) -> Curve:
+    caps = [1] * trace.num_layers
+    for capacity in grid:
+        if capacity not in known:
+            caps[index] = int(capacity)
+            known[int(capacity)] = simulate(trace, caps, policy, layers=[index]).hits
+    return sorted(known.items())
 
 
 def allocate_from_curves(
@@ -82,19 +96,39 @@ def allocate_slots(
     policy: str = "lfuda",
     min_slots: int | None = None,
     points: int = 12,
+    refine: int = 2,
 ) -> list[int]:
     """Split `total_slots` across the trace's MoE layers where they save the most misses.
 
     Every layer gets at least `min_slots` (default: top_k, so one token's experts fit) and at most
-    its number of experts.
+    its number of experts. Each layer's hits against capacity are measured at `points`
+    capacities, then `refine` times at every capacity near the allocation.
     """
+    return measure_budget(
+        trace, total_slots, policy=policy, min_slots=min_slots, points=points, refine=refine
+    )[0]
+
+
+def measure_budget(
+    trace: Trace,
+    total_slots: int,
+    *,
+    policy: str = "lfuda",
+    min_slots: int | None = None,
+    points: int = 12,
+    refine: int = 2,
+) -> tuple[list[int], list[Curve]]:
+    """`allocate_slots`, also returning the hit curves it measured."""
     low = trace.top_k if min_slots is None else min_slots
-    if total_slots >= sum(trace.num_experts):
-        return list(trace.num_experts)
+    mins = [min(low, e) for e in trace.num_experts]
     curves = hit_curves(trace, policy=policy, min_slots=low, points=points)
-    return allocate_from_curves(
-        curves, total_slots, min_slots=[min(low, e) for e in trace.num_experts]
-    )
+    if total_slots >= sum(trace.num_experts):
+        return list(trace.num_experts), curves
+    caps = allocate_from_curves(curves, total_slots, min_slots=mins)
+    for _ in range(refine):
+        curves = refine_curves(trace, curves, caps, policy=policy)
+        caps = allocate_from_curves(curves, total_slots, min_slots=mins)
+    return caps, curves
 
 
 def choose_pinned(

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._budget import allocate_from_curves, choose_pinned, hit_curves, pin_limit
+from ._budget import allocate_from_curves, choose_pinned, hit_curves, measure_budget, pin_limit
 from ._errors import ProfileError
 from ._trace import Trace
 
@@ -74,11 +74,12 @@ class Profile:
         """Measure a profile on a trace. With `total_slots`, the per-layer budget for that total
         is stored too and the pinned set is capped for it; else pinned is capped per layer at
         half its experts and `pinned_for(capacities)` trims it to a session's capacities."""
-        curves = hit_curves(trace, policy=policy, points=points)
-        mins = [min(trace.top_k, e) for e in trace.num_experts]
         budget = None
-        if total_slots is not None:
-            budget = tuple(allocate_from_curves(curves, total_slots, min_slots=mins))
+        if total_slots is None:
+            curves = hit_curves(trace, policy=policy, points=points)
+        else:
+            caps, curves = measure_budget(trace, total_slots, policy=policy, points=points)
+            budget = tuple(caps)
         pinned = choose_pinned(trace, budget or trace.num_experts, presence=presence)
         made = {
             "tokens": trace.num_tokens,
@@ -140,9 +141,7 @@ class Profile:
             return list(self.num_experts)
         mins = [min(self.top_k, e) for e in self.num_experts]
         try:
-            return allocate_from_curves(
-                [list(c) for c in self.curves], total_slots, min_slots=mins
-            )
+            return allocate_from_curves([list(c) for c in self.curves], total_slots, min_slots=mins)
         except ValueError as e:
             raise ProfileError(str(e)) from None
 
@@ -180,7 +179,7 @@ class Profile:
     @classmethod
     def from_json(cls, doc: Any, *, where: str = "profile") -> Profile:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ProfileError(f"{where}: not a moe profile (no \"format\": \"{FORMAT}\")")
+            raise ProfileError(f'{where}: not a moe profile (no "format": "{FORMAT}")')
         if doc.get("version") != VERSION:
             raise ProfileError(
                 f"{where}: profile version {doc.get('version')!r} is not supported "
@@ -248,7 +247,9 @@ def find_profile(fingerprint: str, *, dirs: Sequence[str | Path] = ()) -> Profil
             return profile
     shipped = resources.files("moe_profiles") / "profiles" / name
     if shipped.is_file():
-        profile = Profile.from_json(json.loads(shipped.read_text()), where=f"moe_profiles/profiles/{name}")
+        profile = Profile.from_json(
+            json.loads(shipped.read_text()), where=f"moe_profiles/profiles/{name}"
+        )
         profile.check(fingerprint)
         return profile
     return None

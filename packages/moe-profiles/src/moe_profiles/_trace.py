@@ -99,7 +99,9 @@ class Trace:
         """Build from per-layer lists of `[tokens, k]` arrays (or flat id lists, one token each)."""
         layers = []
         for layer_steps in steps:
-            rows = [np.asarray(s).reshape(-1, np.shape(s)[-1] if np.ndim(s) else 1) for s in layer_steps]
+            rows = [
+                np.asarray(s).reshape(-1, np.shape(s)[-1] if np.ndim(s) else 1) for s in layer_steps
+            ]
             k = max((r.shape[1] for r in rows), default=top_k or 1)
             if any(r.shape[1] != k for r in rows):
                 raise TraceError("all steps of a layer must select the same number of experts")
@@ -108,7 +110,13 @@ class Trace:
             layers.append(LayerTrace(_compact(ids), offsets))
         if top_k is None:
             top_k = max((layer.ids.shape[1] for layer in layers), default=1)
-        return cls(tuple(layers), tuple(int(e) for e in num_experts), int(top_k), fingerprint, tuple(segments))
+        return cls(
+            tuple(layers),
+            tuple(int(e) for e in num_experts),
+            int(top_k),
+            fingerprint,
+            tuple(segments),
+        )
 
     # -- views -----------------------------------------------------------------------------------
     @property
@@ -140,7 +148,9 @@ class Trace:
             if starts[0] != 0:
                 starts = [0, *starts]
         else:
-            starts = np.linspace(0, total, min(windows, max(total, 1)) + 1).astype(int)[:-1].tolist()
+            starts = (
+                np.linspace(0, total, min(windows, max(total, 1)) + 1).astype(int)[:-1].tolist()
+            )
         ends = [*starts[1:], total]
         return [(a, b) for a, b in zip(starts, ends, strict=True) if b > a]
 
@@ -209,7 +219,9 @@ class Trace:
                     Segment(str(s["name"]), tuple(int(x) for x in s["starts"]))
                     for s in meta["segments"]
                 )
-                return cls(layers, num_experts, int(meta["top_k"]), str(meta["fingerprint"]), segments)
+                return cls(
+                    layers, num_experts, int(meta["top_k"]), str(meta["fingerprint"]), segments
+                )
         except FileNotFoundError:
             raise TraceError(f"{path}: no such trace file") from None
         except TraceError as e:
@@ -245,7 +257,9 @@ class TraceRecorder:
 
     def __call__(self, layer: int, ids: np.ndarray) -> None:
         if not 0 <= layer < len(self._steps):
-            raise TraceError(f"trace hook called for MoE layer {layer}, recorder has {len(self._steps)}")
+            raise TraceError(
+                f"trace hook called for MoE layer {layer}, recorder has {len(self._steps)}"
+            )
         self._steps[layer].append(np.array(ids, copy=True).reshape(-1, ids.shape[-1]))
 
     def segment(self, name: str) -> None:
