@@ -46,7 +46,7 @@ def test_budgets_pinning_and_hot(profile):
 
 def test_wrong_model_is_refused_naming_both(profile):
     profile.check("synthetic")
-    with pytest.raises(ProfileError, match="synthetic.*0123456789abcdef"):
+    with pytest.raises(ProfileError, match=r"synthetic.*0123456789abcdef"):
         profile.check("0123456789abcdef")
 
 

@@ -47,10 +47,10 @@ def test_corrupt_and_missing_trace_files_are_clear(tmp_path):
     path = synthetic_trace(2, 16, 2, 50, 1.0, 0, 2).save(tmp_path / "t.npz")
     data = dict(np.load(path))
     np.savez(tmp_path / "cut.npz", **{k: v for k, v in data.items() if k != "ids_1"})
-    with pytest.raises(TraceError, match="cut.npz"):
+    with pytest.raises(TraceError, match=r"cut\.npz"):
         Trace.load(tmp_path / "cut.npz")
 
 
 def test_out_of_range_ids_are_refused():
-    with pytest.raises(TraceError, match="outside 0..3"):
+    with pytest.raises(TraceError, match=r"outside 0\.\.3"):
         Trace.from_steps([[np.array([[1, 4]])]], [4])

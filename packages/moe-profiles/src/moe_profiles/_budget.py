@@ -7,6 +7,7 @@ simulation) and hands out the total budget where the next slot saves the most mi
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -74,7 +75,7 @@ def allocate_from_curves(
         hull = _upper_hull([(c, h) for c, h in curve if c >= base[layer]] or [curve[-1]])
         if hull[0][0] > base[layer]:  # base sits between two measured points
             hull.insert(0, (base[layer], _interpolate(curve, base[layer])))
-        for (c0, h0), (c1, h1) in zip(hull, hull[1:], strict=False):
+        for (c0, h0), (c1, h1) in itertools.pairwise(hull):
             segments.append(((h1 - h0) / (c1 - c0), layer, c0, c1))
     # Per layer, hull slopes decrease, so a global order by slope fills each layer left to right.
     segments.sort(key=lambda s: (-s[0], s[1], s[2]))

@@ -35,7 +35,7 @@ def load_preset_requests(name: str) -> list[PresetPrompt]:
         raise ProfileError(f"{where}: unreadable preset ({e})") from None
     out = []
     for i, item in enumerate(items):
-        if isinstance(item, str) or isinstance(item, list):
+        if isinstance(item, str | list):
             out.append(PresetPrompt(item))
         elif isinstance(item, dict) and isinstance(item.get("messages"), list):
             out.append(PresetPrompt(item["messages"], item.get("tools")))
