@@ -6,9 +6,11 @@ from moe_profiles import (
     PRESETS,
     Profile,
     ProfileError,
+    Trace,
     find_profile,
     load_preset,
     load_preset_requests,
+    simulate,
     synthetic_trace,
 )
 
@@ -87,3 +89,18 @@ def test_presets_are_realistic():
     assert all(t["type"] == "function" and t["function"]["name"] for r in tools for t in r.tools)
     with pytest.raises(ValueError, match="unknown preset"):
         load_preset("poetry")
+
+
+def test_warm_start_from_a_profile_saves_misses():
+    # Measure the profile on the first prompts, use it on the first steps of a later one.
+    trace = synthetic_trace(4, 32, 4, 800, 1.2, 11, 8)
+    half = [layer.steps for layer in trace.layers]
+    seen = Trace.from_steps([s[:400] for s in half], trace.num_experts, fingerprint="synthetic")
+    fresh = Trace.from_steps([s[600:640] for s in half], trace.num_experts)
+    profile = Profile.from_trace(seen, total_slots=4 * 10, points=6)
+    caps = profile.capacities(4 * 10)
+    cold = simulate(fresh, caps, "lfuda")
+    warm = simulate(
+        fresh, caps, "lfuda", pinned=profile.pinned_for(caps), prefetch=profile.warm(caps)
+    )
+    assert warm.misses < cold.misses

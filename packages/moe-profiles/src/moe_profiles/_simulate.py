@@ -58,6 +58,8 @@ def capacities_for(trace: Trace, capacity: int | float | Sequence[int]) -> list[
         caps = [max(1, round(capacity * e)) for e in trace.num_experts]
     elif isinstance(capacity, int | np.integer):
         caps = [int(capacity)] * trace.num_layers
+    elif isinstance(capacity, float):
+        raise ValueError(f"capacity {capacity} is neither a fraction in (0, 1] nor a slot count")
     else:
         caps = [int(c) for c in capacity]
     if len(caps) != trace.num_layers:
