@@ -1,3 +1,49 @@
-"""moe-profiles."""
+"""moe-profiles: routing traces, expert profiles, pinning, per-layer budgets, a policy simulator.
 
-__all__: list[str] = []
+Pure data and analysis: record a trace with `TraceRecorder` (a `handle.set_trace` hook), replay it
+with `simulate` (through `moe_core.ExpertCache`) against `belady`'s optimum, and distil it into a
+`Profile` (counts, pinned set, per-layer budgets) that a session starts from.
+"""
+
+from ._budget import allocate_slots, choose_pinned, hit_curves, pin_limit
+from ._errors import ProfileError, TraceError
+from ._presets import PRESETS, PresetPrompt, load_preset, load_preset_requests
+from ._profile import Profile, find_profile
+from ._simulate import (
+    DEFAULT_POLICY,
+    LayerResult,
+    SimResult,
+    belady,
+    best_policy,
+    compare,
+    simulate,
+)
+from ._synthetic import synthetic_trace
+from ._trace import LayerTrace, Segment, Trace, TraceRecorder
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "PRESETS",
+    "LayerResult",
+    "LayerTrace",
+    "PresetPrompt",
+    "Profile",
+    "ProfileError",
+    "Segment",
+    "SimResult",
+    "Trace",
+    "TraceError",
+    "TraceRecorder",
+    "allocate_slots",
+    "belady",
+    "best_policy",
+    "choose_pinned",
+    "compare",
+    "find_profile",
+    "hit_curves",
+    "load_preset",
+    "load_preset_requests",
+    "pin_limit",
+    "simulate",
+    "synthetic_trace",
+]

@@ -1,0 +1,207 @@
+"""Replay a trace through the expert cache, and Belady's offline optimum as the ceiling.
+
+`simulate` drives `moe_core.ExpertCache`, the class the offloaded layers use, so a policy measured
+here is the policy that runs; nothing is reimplemented. `belady` knows the future: on a miss it
+evicts the resident expert whose next use is furthest away, which no online policy can beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from moe_core import POLICIES, ExpertCache
+
+from ._trace import Trace
+
+# Measured best on the benchmarks (benchmarks/policies.py); see the package README.
+DEFAULT_POLICY = "lfuda"
+
+
+@dataclass(frozen=True, slots=True)
+class LayerResult:
+    layer: int
+    capacity: int
+    hits: int
+    misses: int
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    """Hits and misses over all layers, and per layer."""
+
+    hits: int
+    misses: int
+    per_layer: tuple[LayerResult, ...]
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    @classmethod
+    def of(cls, per_layer: Iterable[LayerResult]) -> SimResult:
+        per_layer = tuple(per_layer)
+        return cls(sum(r.hits for r in per_layer), sum(r.misses for r in per_layer), per_layer)
+
+
+def capacities_for(trace: Trace, capacity: int | float | Sequence[int]) -> list[int]:
+    """Slots per layer: one int for all, a fraction of each layer's experts, or one per layer."""
+    if isinstance(capacity, float) and 0 < capacity <= 1:
+        caps = [max(1, round(capacity * e)) for e in trace.num_experts]
+    elif isinstance(capacity, int | np.integer):
+        caps = [int(capacity)] * trace.num_layers
+    elif isinstance(capacity, float):
+        raise ValueError(f"capacity {capacity} is neither a fraction in (0, 1] nor a slot count")
+    else:
+        caps = [int(c) for c in capacity]
+    if len(caps) != trace.num_layers:
+        raise ValueError(f"{len(caps)} capacities for a trace of {trace.num_layers} layers")
+    for i, (c, e) in enumerate(zip(caps, trace.num_experts, strict=True)):
+        if not 1 <= c <= e:
+            raise ValueError(f"capacity {c} of layer {i} is outside 1..{e}")
+    return caps
+
+
+def simulate(
+    trace: Trace,
+    capacity: int | float | Sequence[int],
+    policy: str = "lfuda",
+    *,
+    pinned: Mapping[int, Iterable[int]] | None = None,
+    prefetch: Mapping[int, Iterable[int]] | None = None,
+    layers: Iterable[int] | None = None,
+) -> SimResult:
+    """Replay `trace` through one `ExpertCache` per layer, as the offloaded model would run it.
+
+    `pinned` experts are loaded and pinned before the first step and `prefetch` ones loaded (warm
+    start); neither load counts as a miss, as with `handle.pin` / `handle.prefetch`.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown cache policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    caps = capacities_for(trace, capacity)
+    pinned = pinned or {}
+    prefetch = prefetch or {}
+    results = []
+    for index in range(trace.num_layers) if layers is None else layers:
+        cache = ExpertCache(trace.num_experts[index], caps[index], policy)
+        if pinned.get(index):
+            cache.pin(np.fromiter(pinned[index], dtype=np.int64))
+        if prefetch.get(index):
+            cache.prefetch(np.fromiter(prefetch[index], dtype=np.int64))
+        for needed in _unique_steps(trace, index):
+            for _ in cache.step(needed):
+                pass
+        results.append(LayerResult(index, caps[index], cache.stats.hits, cache.stats.misses))
+    return SimResult.of(results)
+
+
+def belady(trace: Trace, capacity: int | float | Sequence[int]) -> SimResult:
+    """Belady's offline optimum for the same trace and capacities (cold start, no pinning)."""
+    caps = capacities_for(trace, capacity)
+    return SimResult.of(
+        _belady_layer(trace, index, caps[index]) for index in range(trace.num_layers)
+    )
+
+
+def _unique_steps(trace: Trace, index: int) -> list[np.ndarray]:
+    step_of, expert = _pairs(trace, index)
+    bounds = np.searchsorted(step_of, np.arange(1, trace.layers[index].num_steps))
+    return np.split(expert, bounds)
+
+
+def _pairs(trace: Trace, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (step, expert) pairs of a layer, sorted by step then expert."""
+    layer = trace.layers[index]
+    experts = trace.num_experts[index]
+    steps = np.repeat(layer.step_index(), layer.ids.shape[1])
+    keys = np.sort(steps * experts + layer.ids.ravel().astype(np.int64))
+    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]  # np.unique, without its hashing
+    return keys // experts, keys % experts
+
+
+def _belady_layer(trace: Trace, index: int, capacity: int) -> LayerResult:
+    step_of, expert = _pairs(trace, index)
+    num_experts = trace.num_experts[index]
+    # Next use of every (step, expert) pair: the following pair of the same expert.
+    order = np.lexsort((step_of, expert))
+    next_use = np.full(step_of.size, np.inf)
+    same = expert[order[1:]] == expert[order[:-1]]
+    next_use[order[:-1][same]] = step_of[order[1:]][same]
+    bounds = np.searchsorted(step_of, np.arange(1, trace.layers[index].num_steps))
+
+    resident = np.zeros(num_experts, dtype=bool)
+    # Next use of each resident expert; the current step's experts are never eviction candidates.
+    key = np.full(num_experts, -np.inf)
+    hits = misses = count = 0
+    starts = np.concatenate([[0], bounds]).tolist()
+    ends = [*starts[1:], expert.size]
+    for start, end in zip(starts, ends, strict=True):
+        needed = expert[start:end]
+        missing = needed[~resident[needed]]
+        misses += missing.size
+        hits += needed.size - missing.size
+        if missing.size and needed.size <= capacity:
+            evict = missing.size - (capacity - count)
+            if evict > 0:
+                key[needed] = -np.inf  # out of the running while this step needs them
+                candidates = np.flatnonzero(resident)
+                far = np.argpartition(-key[candidates], evict - 1)[:evict]
+                resident[candidates[far]] = False
+                count -= evict
+            resident[missing] = True
+            count += missing.size
+        elif missing.size:
+            # More experts than slots in one step: they pass through in waves, and what stays
+            # afterwards can be any `capacity` of them and the earlier residents: keep those
+            # needed soonest.
+            key[needed] = next_use[start:end]
+            resident[needed] = True
+            pool = np.flatnonzero(resident)
+            resident[pool[np.argsort(key[pool], kind="stable")[capacity:]]] = False
+            count = capacity
+        key[needed] = next_use[start:end]
+    return LayerResult(index, capacity, hits, misses)
+
+
+def compare(
+    trace: Trace,
+    capacities: Sequence[int | float | Sequence[int]],
+    policies: Sequence[str] = POLICIES,
+) -> list[dict]:
+    """Rows of policy, capacity, hit_rate, belady_hit_rate and ratio (hit rate / Belady's), for
+    every capacity (an int or fraction for every layer, or a list per layer) and policy."""
+    rows = []
+    for capacity in capacities:
+        caps = capacities_for(trace, capacity)
+        best = belady(trace, caps)
+        for policy in policies:
+            result = simulate(trace, caps, policy)
+            rows.append(
+                {
+                    "policy": policy,
+                    "capacity": capacity if not isinstance(capacity, Sequence) else list(caps),
+                    "slots": sum(caps),
+                    "hits": result.hits,
+                    "misses": result.misses,
+                    "hit_rate": result.hit_rate,
+                    "belady_hit_rate": best.hit_rate,
+                    "ratio": result.hit_rate / best.hit_rate if best.hit_rate else 1.0,
+                }
+            )
+    return rows
+
+
+def best_policy(rows: list[dict]) -> str:
+    """The policy with the highest mean ratio to Belady over `compare`'s rows."""
+    by_policy: dict[str, list[float]] = {}
+    for row in rows:
+        by_policy.setdefault(row["policy"], []).append(row["ratio"])
+    return max(by_policy, key=lambda p: float(np.mean(by_policy[p])))
