@@ -35,6 +35,7 @@ class PromptCache:
         self.cache: list | None = None
         self.tokens: list[int] = []
         self.snapshot: Snapshot | None = None
+        self.counts = {"trimmed": 0, "restored": 0, "recomputed": 0}
 
     def prepare(self, prompt: list[int]) -> int:
         """Make the cache hold a prefix of `prompt` (never all of it: mlx-lm needs one token to
@@ -49,13 +50,19 @@ class PromptCache:
             excess = len(self.tokens) - limit
             if trim_prompt_cache(self.cache, excess) == excess:
                 del self.tokens[limit:]
+                self.counts["trimmed"] += 1
                 return limit
         snapshot = self.snapshot
-        if snapshot is not None and len(snapshot.tokens) <= limit:
-            if prompt[: len(snapshot.tokens)] == snapshot.tokens:
-                self.cache = _copy(snapshot.cache)
-                self.tokens = list(snapshot.tokens)
-                return len(self.tokens)
+        if (
+            snapshot is not None
+            and len(snapshot.tokens) <= limit
+            and prompt[: len(snapshot.tokens)] == snapshot.tokens
+        ):
+            self.cache = _copy(snapshot.cache)
+            self.tokens = list(snapshot.tokens)
+            self.counts["restored"] += 1
+            return len(self.tokens)
+        self.counts["recomputed"] += 1
         return self.reset()
 
     def prefill(self, prompt: list[int], quantize: Callable[[list], None]) -> None:
@@ -70,9 +77,9 @@ class PromptCache:
                 mx.eval([c.state for c in self.cache])
                 self.tokens.extend(chunk)
                 mx.clear_cache()
-        if self.enabled and not can_trim_prompt_cache(self.cache):
-            if self.snapshot is None or self.snapshot.tokens != self.tokens:
-                self.snapshot = Snapshot(list(self.tokens), _copy(self.cache))
+        fresh = self.snapshot is None or self.snapshot.tokens != self.tokens
+        if self.enabled and fresh and not can_trim_prompt_cache(self.cache):
+            self.snapshot = Snapshot(list(self.tokens), _copy(self.cache))
 
     def commit(self, tokens: list[int]) -> None:
         """The cache has now also seen the generated tokens: `tokens` is everything it holds."""

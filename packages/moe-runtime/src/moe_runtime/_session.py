@@ -271,6 +271,7 @@ class Session:
             **self._counters,
             "model": self.model_id,
             "cached_tokens": len(self._cache.tokens),
+            "prefix_cache": dict(self._cache.counts),
             "process_memory": self.handle.backend.process_memory(),
             "warm_start": dict(self._warm),
         }
