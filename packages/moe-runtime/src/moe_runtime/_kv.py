@@ -10,7 +10,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import ArraysCache, KVCache, QuantizedKVCache, RotatingKVCache
 
-KV_GROUP_SIZE = 64
+KV_GROUP_SIZES = (64, 32)  # what mx.quantize accepts that divides common head sizes
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,7 @@ class KVPlan:
     fixed_bytes: int  # windowed attention at its window and linear-attention state
     attention_layers: int
     linear_layers: int
+    group_size: int = 64  # of the quantized KV cache
 
     def __post_init__(self) -> None:
         if self.max_context < 1:
@@ -41,7 +42,8 @@ def plan_kv(model: nn.Module, config: dict, *, max_context: int, kv_bits: int | 
     caches = model.make_cache() if hasattr(model, "make_cache") else None
     if caches is None:
         caches = [KVCache() for _ in range(config["num_hidden_layers"])]
-    token = _attention_bytes_per_token(config, _dtype_bytes(model), kv_bits)
+    group = _group_size(config) if kv_bits is not None else KV_GROUP_SIZES[0]
+    token = _attention_bytes_per_token(config, _dtype_bytes(model), kv_bits, group)
     per_token = fixed = attention = linear = 0
     for cache in caches:
         if isinstance(cache, RotatingKVCache):
@@ -56,22 +58,38 @@ def plan_kv(model: nn.Module, config: dict, *, max_context: int, kv_bits: int | 
         else:  # an unknown cache type: size it as a full attention layer, never as free
             attention += 1
             per_token += token
-    return KVPlan(max_context, kv_bits, per_token, fixed, attention, linear)
+    return KVPlan(max_context, kv_bits, per_token, fixed, attention, linear, group)
 
 
-def _attention_bytes_per_token(config: dict, dtype_bytes: int, kv_bits: int | None) -> int:
+def _attention_bytes_per_token(
+    config: dict, dtype_bytes: int, kv_bits: int | None, group: int
+) -> int:
     """Keys plus values of one token in one layer."""
     if config.get("kv_lora_rank"):  # multi-head latent attention caches the latent and rope key
         elements = config["kv_lora_rank"] + config.get("qk_rope_head_dim", 0)
     else:
-        heads = config.get("num_attention_heads", 1)
-        kv_heads = config.get("num_key_value_heads") or heads
-        head_dim = config.get("head_dim") or config["hidden_size"] // heads
-        elements = 2 * kv_heads * head_dim
+        kv_heads = config.get("num_key_value_heads") or config.get("num_attention_heads", 1)
+        elements = 2 * kv_heads * _head_dim(config)
     if kv_bits is None:
         return elements * dtype_bytes
     # Quantized: packed values plus a scale and a bias per group, in the activation dtype.
-    return elements * kv_bits // 8 + 2 * dtype_bytes * -(-elements // KV_GROUP_SIZE)
+    return elements * kv_bits // 8 + 2 * dtype_bytes * -(-elements // group)
+
+
+def _head_dim(config: dict) -> int:
+    return config.get("head_dim") or config["hidden_size"] // config.get("num_attention_heads", 1)
+
+
+def _group_size(config: dict) -> int:
+    """The largest quantization group that divides the cached vectors (mlx-lm quantizes the
+    last axis, the head dimension)."""
+    dims = [_head_dim(config)]
+    if config.get("kv_lora_rank"):
+        dims = [config["kv_lora_rank"], config.get("qk_rope_head_dim", 64)]
+    for group in KV_GROUP_SIZES:
+        if all(d % group == 0 for d in dims):
+            return group
+    raise ValueError(f"kv_bits needs a head dimension divisible by 32; this model's is {dims[0]}")
 
 
 def _linear_state_bytes(config: dict) -> int:

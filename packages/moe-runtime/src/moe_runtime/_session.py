@@ -17,7 +17,7 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 import moe_core
 
-from ._kv import KV_GROUP_SIZE, plan_kv
+from ._kv import plan_kv
 from ._prefix import PromptCache
 from ._resolve import resolve_model
 from ._stops import StopText
@@ -206,7 +206,7 @@ class Session:
             quantize = functools.partial(
                 maybe_quantize_kv_cache,
                 quantized_kv_start=0,
-                kv_group_size=KV_GROUP_SIZE,
+                kv_group_size=self.kv.group_size,
                 kv_bits=self.kv.kv_bits,
             )
             cache.prefill(tokens, quantize)
@@ -223,7 +223,7 @@ class Session:
                 logits_processors=_with_history(processors, tokens[:-1]),
                 prompt_cache=cache.cache,
                 kv_bits=self.kv.kv_bits,
-                kv_group_size=KV_GROUP_SIZE,
+                kv_group_size=self.kv.group_size,
                 quantized_kv_start=0,
             )
             try:
