@@ -97,11 +97,11 @@ def _tokenizer(path):
     )
 
 
-def build(family: str, path):
+def build(family: str, path, **overrides):
     import importlib
 
     module = importlib.import_module(f"mlx_lm.models.{family}")
-    cfg = dict(BASE, model_type=family, **FAMILIES[family])
+    cfg = dict(BASE, model_type=family, **{**FAMILIES[family], **overrides})
     mx.random.seed(1)
     model = module.Model(module.ModelArgs.from_dict(cfg))
     nn.quantize(model, 64, 4)
