@@ -110,12 +110,15 @@ def main() -> None:
         "cold": summary(cold),
         "warm": summary(warm),
         "ttft_ratio_warm_over_cold": statistics.median(
-            w["ttft_s"] / c["ttft_s"] for c, w in zip(cold, warm)
+            w["ttft_s"] / c["ttft_s"] for c, w in zip(cold, warm, strict=True)
         ),
         "start_ratio_warm_over_cold": statistics.median(
-            w["start_to_first_token_s"] / c["start_to_first_token_s"] for c, w in zip(cold, warm)
+            w["start_to_first_token_s"] / c["start_to_first_token_s"]
+            for c, w in zip(cold, warm, strict=True)
         ),
-        "identical_output": all(c["tokens"] == w["tokens"] for c, w in zip(cold, warm)),
+        "identical_output": all(
+            c["tokens"] == w["tokens"] for c, w in zip(cold, warm, strict=True)
+        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
