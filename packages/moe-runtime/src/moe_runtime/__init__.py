@@ -1,3 +1,27 @@
-"""moe-runtime."""
+"""moe-runtime: sessions, `generate` and `stream_generate` for Mixture-of-Experts models larger
+than memory, on mlx-lm.
 
-__all__: list[str] = []
+`Session(model, memory=..., profile=..., kv_bits=...)` loads a model once with its experts
+offloaded by moe-core, reuses the prompt cache across calls and turns, and saves the resident
+experts so the next start is warm. Generation runs through mlx-lm's own loop and returns its
+`GenerationResponse`s; by default the output is the unmodified model's.
+"""
+
+from ._demo import demo_model_path
+from ._kv import KVPlan, plan_kv
+from ._resolve import ModelNotFoundError, resolve_model
+from ._session import Session, generate, stream_generate
+from ._warm import WarmStartWarning, default_cache_dir
+
+__all__ = [
+    "KVPlan",
+    "ModelNotFoundError",
+    "Session",
+    "WarmStartWarning",
+    "default_cache_dir",
+    "demo_model_path",
+    "generate",
+    "plan_kv",
+    "resolve_model",
+    "stream_generate",
+]

@@ -1,0 +1,362 @@
+"""`Session`: a Mixture-of-Experts model loaded once, with its experts offloaded, generating
+through mlx-lm's own loop; plus the one-shot `generate` and `stream_generate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlx.core as mx
+import mlx_lm
+from mlx_lm.generate import GenerationResponse, maybe_quantize_kv_cache
+from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+import moe_core
+
+from ._kv import plan_kv
+from ._prefix import PromptCache
+from ._resolve import resolve_model
+from ._stops import StopText
+from ._warm import default_cache_dir, load_state, make_key, save_state, state_path
+
+Prompt = str | list[dict] | list[int]
+
+_WARMUP_TEXT = "Hello"
+
+
+class Session:
+    """A model loaded once for many requests: experts offloaded to a memory budget, a prompt
+    cache reused across calls and turns, and the resident experts saved for the next start.
+
+    Not thread-safe: one thread at a time.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        memory: int | str | None = None,
+        capacity: int | list[int] | None = None,
+        profile: str | Path | None = None,
+        policy: str = "lfuda",
+        miss: str = "exact",
+        kv_bits: int | None = None,
+        cache_dir: str | Path | None = None,
+        max_context: int = 4096,
+        prefix_cache: bool = True,
+        warm_start: bool = True,
+        backend: moe_core.Backend | None = None,
+    ) -> None:
+        if memory is not None and capacity is not None:
+            raise ValueError("give memory or capacity, not both")
+        self.model_id, self.model_path = resolve_model(model)
+        self.model, self.tokenizer, config = mlx_lm.load(
+            str(self.model_path), lazy=True, return_config=True
+        )
+        self.kv = plan_kv(self.model, config, max_context=max_context, kv_bits=kv_bits)
+        self.fingerprint = moe_core.fingerprint(self.model_path)
+        self.profile = None
+        if profile is not None:
+            from ._profile import load_profile, profile_capacity
+
+            self.profile = load_profile(profile, self.fingerprint)
+            if isinstance(capacity, int):
+                layers = len(moe_core.describe(self.model, self.model_path).banks)
+                capacity = profile_capacity(self.profile, capacity, layers)
+        self.handle = moe_core.offload(
+            self.model,
+            self.model_path,
+            capacity=capacity,
+            memory=moe_core.parse_size(memory) if memory is not None else None,
+            policy=policy,
+            miss=miss,
+            reserve=self.kv.reserve_bytes,
+            backend=backend,
+        )
+        mx.eval(self.model.parameters())  # non-expert weights; expert slots are already there
+        self._top_k = _top_k(config)
+        self._warm_path = None
+        self._warm_key = None
+        self._warm = {"enabled": warm_start, "restored": False, "prefetched": 0}
+        if warm_start:
+            digest = None
+            if profile is not None:
+                from ._profile import profile_digest
+
+                digest = profile_digest(profile)
+            self._warm_key = make_key(self.fingerprint, self.handle.capacity, digest)
+            self._warm_path = state_path(Path(cache_dir or default_cache_dir()), self._warm_key)
+        self._start_experts()
+        self.handle.reset_stats()
+        self._cache = PromptCache(self.model, enabled=prefix_cache)
+        self._active: Iterator | None = None
+        self._closed = False
+        self._counters = dict(
+            requests=0,
+            prompt_tokens=0,
+            generated_tokens=0,
+            prefix_tokens_reused=0,
+            prefilled_tokens=0,
+            cancelled=0,
+            last_ttft_s=None,
+        )
+
+    # -- start ------------------------------------------------------------------------------
+
+    def _start_experts(self) -> None:
+        """Load the experts the first request will likely need: the saved resident set, else
+        the profile's hot experts, else those a short prompt routes to."""
+        if self.profile is not None:
+            from ._profile import apply_profile
+
+            self._warm["prefetched"] += apply_profile(self.handle, self.profile, self._top_k)
+        if self._warm_path is not None:
+            resident = load_state(self._warm_path, self._warm_key, self.handle.num_experts)
+            if resident is not None:
+                layers = {i: ids for i, ids in enumerate(resident) if ids}
+                self._warm["prefetched"] += self.handle.prefetch(layers)
+                self._warm["restored"] = True
+                return
+        if self.profile is None:
+            try:
+                tokens = self.encode_prompt([{"role": "user", "content": _WARMUP_TEXT}])
+            except ValueError:  # no chat template
+                tokens = self.encode_prompt(_WARMUP_TEXT)
+            mx.eval(self.model(mx.array(tokens)[None], cache=make_prompt_cache(self.model)))
+
+    # -- prompts ----------------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: Prompt, tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a raw text prompt, a list of chat messages, or token ids as given."""
+        if isinstance(prompt, str):
+            bos = self.tokenizer.bos_token
+            return self.tokenizer.encode(
+                prompt, add_special_tokens=bos is None or not prompt.startswith(bos)
+            )
+        if not isinstance(prompt, list) or not prompt:
+            raise ValueError(
+                "prompt must be a string, a non-empty list of messages or of token ids"
+            )
+        if all(isinstance(t, int) for t in prompt):
+            vocab = self.model.args.vocab_size if hasattr(self.model, "args") else None
+            bad = [t for t in prompt if t < 0 or (vocab is not None and t >= vocab)]
+            if bad:
+                raise ValueError(f"token id {bad[0]} is out of the vocabulary")
+            return list(prompt)
+        if all(isinstance(m, dict) for m in prompt):
+            kwargs = {"tools": tools} if tools else {}
+            tokens = self.tokenizer.apply_chat_template(
+                prompt, add_generation_prompt=True, **kwargs
+            )
+            return list(tokens)
+        raise ValueError("prompt must be a string, a list of messages (dicts) or of token ids")
+
+    # -- generation -------------------------------------------------------------------------
+
+    def stream(
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        tools: list[dict] | None = None,
+    ) -> Iterator[GenerationResponse]:
+        """Yield mlx-lm `GenerationResponse`s, one per token; see the package docs."""
+        self._check_open()
+        tokens = self.encode_prompt(prompt, tools=tools)
+        if len(tokens) >= self.kv.max_context:
+            raise ValueError(
+                f"prompt has {len(tokens)} tokens; this session's max_context is {self.kv.max_context}"
+            )
+        room = self.kv.max_context - len(tokens)
+        if max_tokens == 0 or max_tokens < -1:
+            raise ValueError(f"max_tokens must be positive (or -1 for no limit), got {max_tokens}")
+        max_tokens = room if max_tokens == -1 else min(max_tokens, room)
+        stops = StopText(stop)
+        sampler = make_sampler(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k)
+        processors = make_logits_processors(repetition_penalty=repetition_penalty)
+        if self._active is not None:  # an unfinished stream: end it before touching the cache
+            self._active.close()
+        if seed is not None:
+            mx.random.seed(seed)
+        self._active = self._run(tokens, max_tokens, sampler, processors, stops)
+        return self._active
+
+    def generate(self, prompt: Prompt, **kwargs) -> str:
+        """The generated text (stop strings excluded); takes the same arguments as `stream`."""
+        return "".join(r.text for r in self.stream(prompt, **kwargs))
+
+    def _run(self, tokens, max_tokens, sampler, processors, stops) -> Iterator[GenerationResponse]:
+        tic = time.perf_counter()
+        cache = self._cache
+        generated: list[int] = []
+        clean = False
+        try:
+            reused = cache.prepare(tokens)
+            quantize = functools.partial(
+                maybe_quantize_kv_cache,
+                quantized_kv_start=0,
+                kv_group_size=self.kv.group_size,
+                kv_bits=self.kv.kv_bits,
+            )
+            cache.prefill(tokens, quantize)
+            self._counters["requests"] += 1
+            self._counters["prompt_tokens"] += len(tokens)
+            self._counters["prefix_tokens_reused"] += reused
+            self._counters["prefilled_tokens"] += len(tokens) - reused
+            responses = mlx_lm.stream_generate(
+                self.model,
+                self.tokenizer,
+                mx.array(tokens[-1:]),
+                max_tokens=max_tokens,
+                sampler=sampler,
+                logits_processors=_with_history(processors, tokens[:-1]),
+                prompt_cache=cache.cache,
+                kv_bits=self.kv.kv_bits,
+                kv_group_size=self.kv.group_size,
+                quantized_kv_start=0,
+            )
+            try:
+                for r in responses:
+                    generated.append(r.token)
+                    if len(generated) == 1:
+                        ttft = time.perf_counter() - tic
+                        self._counters["last_ttft_s"] = ttft
+                    text, stopped = stops.feed(r.text)
+                    finish = "stop" if stopped else r.finish_reason
+                    if finish is not None and not stopped:
+                        text += stops.flush()
+                    yield dataclasses.replace(
+                        r,
+                        text=text,
+                        finish_reason=finish,
+                        prompt_tokens=len(tokens),
+                        prompt_tps=(len(tokens) - reused) / ttft,
+                    )
+                    if finish is not None:
+                        break
+                clean = True
+            finally:
+                responses.close()
+        except GeneratorExit:
+            clean = True  # closed by the caller between tokens: the cache is consistent
+            self._counters["cancelled"] += 1
+            raise
+        finally:
+            # The cache has seen the prompt and every generated token (mlx-lm feeds each token
+            # before yielding it); after an error mid-step it may hold anything: drop it.
+            if clean:
+                cache.commit(tokens + generated)
+            else:
+                cache.reset()
+            self._counters["generated_tokens"] += len(generated)
+            self._active = None
+
+    # -- state ------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Expert cache statistics and budget (from moe-core) plus this session's own."""
+        stats = self.handle.stats()
+        stats["session"] = {
+            **self._counters,
+            "model": self.model_id,
+            "cached_tokens": len(self._cache.tokens),
+            "prefix_cache": dict(self._cache.counts),
+            "process_memory": self.handle.backend.process_memory(),
+            "warm_start": dict(self._warm),
+        }
+        stats["kv"] = {
+            **dataclasses.asdict(self.kv),
+            "reserve_bytes": self.kv.reserve_bytes,
+        }
+        return stats
+
+    def save_warm_state(self) -> Path | None:
+        """Write the resident expert set for the next start (also done by `close`)."""
+        if self._warm_path is None:
+            return None
+        summary = {k: v for k, v in self.handle.stats().items() if k not in ("layers", "budget")}
+        save_state(self._warm_path, self._warm_key, self.handle.resident(), summary)
+        return self._warm_path
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self._active is not None:
+            self._active.close()
+        try:
+            self.save_warm_state()
+        finally:
+            self._closed = True
+            self._cache.clear()
+            self.handle.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this session is closed")
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _with_history(processors, history: list[int]):
+    """mlx-lm's logits processors see the tokens fed in this call only; prepend what the cache
+    already holds so a repetition penalty sees the same context as without the prefix cache."""
+    if not processors or not history:
+        return processors
+    prefix = mx.array(history)
+    return [
+        lambda tokens, logits, p=p: p(mx.concatenate([prefix, tokens]), logits) for p in processors
+    ]
+
+
+def _top_k(config: dict) -> int:
+    config = {**config, **config.get("text_config", {})}
+    for name in ("num_experts_per_tok", "moe_topk", "top_k", "experts_per_token"):
+        if isinstance(config.get(name), int):
+            return config[name]
+    return 1
+
+
+_SESSION_ARGS = (
+    "memory", "capacity", "profile", "policy", "miss", "kv_bits", "cache_dir", "max_context",
+    "prefix_cache", "warm_start", "backend",
+)  # fmt: skip
+
+
+def _split(kwargs: dict) -> tuple[dict, dict]:
+    session = {k: v for k, v in kwargs.items() if k in _SESSION_ARGS}
+    return session, {k: v for k, v in kwargs.items() if k not in _SESSION_ARGS}
+
+
+def generate(model: str | Path | Session | None, prompt: Prompt, **kwargs) -> str:
+    """One-shot: load `model` (or use a `Session`), generate, close. Takes the arguments of
+    `Session` and of `Session.stream`."""
+    return "".join(r.text for r in stream_generate(model, prompt, **kwargs))
+
+
+def stream_generate(
+    model: str | Path | Session | None, prompt: Prompt, **kwargs
+) -> Iterator[GenerationResponse]:
+    """One-shot streaming: like `generate`, yielding mlx-lm `GenerationResponse`s."""
+    session_kwargs, stream_kwargs = _split(kwargs)
+    if isinstance(model, Session):
+        if session_kwargs:
+            raise ValueError(f"{', '.join(session_kwargs)}: the session is already loaded")
+        yield from model.stream(prompt, **stream_kwargs)
+        return
+    with Session(model, **session_kwargs) as session:
+        yield from session.stream(prompt, **stream_kwargs)

@@ -1,0 +1,81 @@
+"""The memory budget on the CPU backend, with a fake /proc and cgroup tree: the session keeps KV
+headroom for its max_context free, and the cgroup limit wins over MemAvailable."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+from moe_core import CPUBackend
+from moe_runtime import Session
+
+GB = 1 << 30
+
+
+@pytest.fixture
+def mlx_limits():
+    # The session sets MLX's limits to the (fake) budget; put the real ones back afterwards.
+    memory = mx.get_memory_limit()
+    cache = mx.set_cache_limit(mx.get_memory_limit())
+    yield
+    mx.set_memory_limit(memory)
+    mx.set_cache_limit(cache)
+
+
+def fake_machine(root, *, version: int, limit: int, available: int = 20 * GB, rss: int = 50 << 20):
+    proc, cgroup = root / "proc", root / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal: 25000000 kB\nMemAvailable: {available // 1024} kB\n")
+    (proc / "self" / "status").write_text(f"VmRSS:\t{rss // 1024} kB\nVmHWM:\t{rss // 1024} kB\n")
+    if version == 2:
+        (proc / "self" / "cgroup").write_text("0::/user.slice/job\n")
+        group = cgroup / "user.slice" / "job"
+        group.mkdir(parents=True)
+        (group / "memory.max").write_text(f"{limit}\n")
+        (cgroup / "user.slice" / "memory.max").write_text("max\n")
+    else:
+        (proc / "self" / "cgroup").write_text("5:cpu,cpuacct:/job\n4:memory:/job\n")
+        group = cgroup / "memory" / "job"
+        group.mkdir(parents=True)
+        (group / "memory.limit_in_bytes").write_text(f"{limit}\n")
+        (cgroup / "memory" / "memory.limit_in_bytes").write_text(f"{1 << 62}\n")
+    return CPUBackend(proc=proc, cgroup=cgroup)
+
+
+def open_session(path, backend, tmp_path, **kw):
+    return Session(path, backend=backend, cache_dir=tmp_path / "cache", warm_start=False, **kw)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_cgroup_limit_sets_the_budget(ref, checkpoint, tmp_path, version, mlx_limits):
+    path = checkpoint("qwen3_moe")
+    # First learn the fixed costs under a roomy limit, then cap the cgroup at 5 slots per layer.
+    roomy = fake_machine(tmp_path / "a", version=version, limit=4 * GB)
+    with open_session(path, roomy, tmp_path) as s:
+        b = s.handle.budget
+        assert b.memory == 4 * GB and b.reserve_bytes == s.kv.reserve_bytes > 0
+        fixed = b.base_bytes + b.dense_bytes + b.scratch_bytes + b.reserve_bytes
+        per_slot = sum(b.expert_bytes)
+        per_token = s.kv.bytes_per_token
+    limit = fixed + 5 * per_slot + per_slot // 2
+    backend = fake_machine(tmp_path / "b", version=version, limit=limit)
+    assert backend.cgroup_limit() == limit < backend.available_memory() + 1
+    with open_session(path, backend, tmp_path) as s:
+        stats = s.stats()
+        assert stats["budget"]["memory"] == limit
+        assert list(stats["budget"]["capacity"]) == [5] * len(s.handle.capacity)
+        assert "available on cpu" in stats["budget"]["reason"]
+        assert stats["kv"]["reserve_bytes"] == stats["budget"]["reserve_bytes"]
+        messages = [{"role": "user", "content": "hello"}]
+        assert ref.run(s, messages, 6) == ref.tokens(path, messages, 6)
+    # A longer max_context reserves more KV headroom, which leaves fewer slots.
+    with open_session(path, backend, tmp_path, max_context=4096 + per_slot // per_token + 1) as s:
+        assert s.handle.budget.reserve_bytes > b.reserve_bytes
+        assert s.handle.capacity == [4] * len(s.handle.capacity)
+
+
+def test_memory_given_as_text(checkpoint, tmp_path, mlx_limits):
+    backend = fake_machine(tmp_path, version=2, limit=8 * GB)
+    with open_session(checkpoint("qwen3_moe"), backend, tmp_path, memory="1GB") as s:
+        assert s.handle.budget.memory == 10**9
+        assert "given" in s.handle.budget.reason

@@ -1,0 +1,100 @@
+"""Warm start: the resident set is saved on close and prefetched on the next start; a corrupt or
+mismatched file means a cold start with one warning and the same answers."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from moe_runtime import Session, WarmStartWarning
+
+MESSAGES = [{"role": "user", "content": "hello how are you today"}]
+
+
+def start(path, cache_dir, capacity=6):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        session = Session(path, capacity=capacity, cache_dir=cache_dir)
+    return session, [w for w in caught if issubclass(w.category, WarmStartWarning)]
+
+
+@pytest.fixture(scope="module")
+def want(ref, checkpoint):
+    return ref.tokens(checkpoint("qwen3_moe"), MESSAGES, 10)
+
+
+def test_second_start_is_warm_and_answers_the_same(ref, checkpoint, want, tmp_path):
+    path = checkpoint("qwen3_moe")
+    first, warned = start(path, tmp_path)
+    assert not warned and first.stats()["session"]["warm_start"]["restored"] is False
+    assert ref.run(first, MESSAGES, 10) == want
+    resident = first.handle.resident()
+    first.close()
+    files = list((tmp_path / "warm").glob("*.json"))
+    assert [f.name for f in files] == [f"{first.fingerprint}.json"]
+
+    second, warned = start(path, tmp_path)
+    with second:
+        warm = second.stats()["session"]["warm_start"]
+        assert not warned and warm["restored"] is True
+        assert warm["prefetched"] == sum(len(ids) for ids in resident)
+        assert second.handle.resident() == resident
+        assert ref.run(second, MESSAGES, 10) == want
+
+
+def _saved(path, tmp_path):
+    session, _ = start(path, tmp_path)
+    session.close()
+    return next((tmp_path / "warm").glob("*.json"))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage", "truncated", "versions", "fingerprint", "expert_out_of_range", "too_many"],
+)
+def test_bad_state_means_a_cold_start_and_one_warning(ref, checkpoint, want, tmp_path, damage):
+    path = checkpoint("qwen3_moe")
+    state = _saved(path, tmp_path)
+    data = json.loads(state.read_text())
+    if damage == "garbage":
+        state.write_bytes(b"\x00\xffnot json")
+    elif damage == "truncated":
+        state.write_text(state.read_text()[:40])
+    else:
+        if damage == "versions":
+            data["key"]["versions"]["mlx-lm"] = "0.0.1"
+        elif damage == "fingerprint":
+            data["key"]["fingerprint"] = "0" * 16
+        elif damage == "expert_out_of_range":
+            data["resident"][0] = [999]
+        else:
+            data["resident"][1] = list(range(16))
+        state.write_text(json.dumps(data))
+    session, warned = start(path, tmp_path)
+    with session:
+        assert len(warned) == 1
+        assert str(state) in str(warned[0].message) and "starting cold" in str(warned[0].message)
+        assert session.stats()["session"]["warm_start"]["restored"] is False
+        assert ref.run(session, MESSAGES, 10) == want
+
+
+def test_another_capacity_is_a_mismatch(checkpoint, tmp_path):
+    path = checkpoint("qwen3_moe")
+    _saved(path, tmp_path)
+    session, warned = start(path, tmp_path, capacity=7)
+    session.close()
+    assert len(warned) == 1 and "capacity differ" in str(warned[0].message)
+    # Closing saved a state for the new capacity: the next start with it is warm again.
+    again, warned = start(path, tmp_path, capacity=7)
+    with again:
+        assert not warned and again.stats()["session"]["warm_start"]["restored"]
+
+
+def test_state_is_written_atomically(checkpoint, tmp_path):
+    path = checkpoint("qwen3_moe")
+    state = _saved(path, tmp_path)
+    leftovers = [p for p in state.parent.iterdir() if p != state]
+    assert leftovers == []
+    assert json.loads(state.read_text())["format"] == 1
