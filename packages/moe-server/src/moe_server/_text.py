@@ -6,6 +6,7 @@ string or a `<tool_call>` tag split across tokens is never half-sent to the clie
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -73,10 +74,8 @@ def _tool_calls_from(parsed: Any) -> list[ToolCall]:
             raise ValueError(f"tool call without a name: {item!r}")
         arguments = item.get("arguments", {})
         if isinstance(arguments, str):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                pass
         calls.append(
             ToolCall(id=item.get("id") or _call_id(), name=item["name"], arguments=arguments)
         )
