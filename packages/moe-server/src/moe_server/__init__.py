@@ -1,3 +1,13 @@
-"""moe-server."""
+"""moe-server: OpenAI- and Anthropic-compatible HTTP server over a moe Session.
 
-__all__: list[str] = []
+    app = create_app(session)               # a Starlette app
+    serve(session, host="127.0.0.1", port=8000, api_key=None)
+
+Endpoints: POST /v1/chat/completions, /v1/completions, /v1/messages, /v1/messages/count_tokens;
+GET /v1/models, /health, /metrics.
+"""
+
+from ._app import BindError, check_bind, create_app, is_loopback, serve
+from ._provider import Provider
+
+__all__ = ["BindError", "Provider", "check_bind", "create_app", "is_loopback", "serve"]

@@ -1,0 +1,198 @@
+"""The Starlette app, its security checks, and `serve` (uvicorn)."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import socket
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import _anthropic, _openai
+from ._engine import Engine, Limits
+from ._provider import Provider
+
+
+class BindError(ValueError):
+    """Binding a non-loopback address without an API key."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) only reaches this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except OSError:
+            return False
+        return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse to expose the server beyond this machine without an API key."""
+    if not is_loopback(host) and not api_key:
+        raise BindError(
+            f"refusing to listen on {host}, which other machines can reach, without an API key: "
+            "set one (--api-key or MOE_API_KEY) or bind 127.0.0.1"
+        )
+
+
+def _is_anthropic(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
+def _error(path: str, status: int, kind: str, message: str) -> JSONResponse:
+    if _is_anthropic(path):
+        return JSONResponse(_anthropic.error_body(kind, message), status_code=status)
+    return JSONResponse({"error": _openai.error_body(message, kind)}, status_code=status)
+
+
+class _Guard:
+    """API-key check on /v1 and per-request metrics, as plain ASGI so streams pass through."""
+
+    def __init__(self, app: ASGIApp, *, api_key: str | None, engine: Engine):
+        self.app, self.api_key, self.engine = app, api_key, engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if self.api_key and path.startswith("/v1") and not self._authorized(scope):
+            response = _error(path, 401, "authentication_error", "invalid or missing API key")
+            self.engine.metrics.request(path, 401)
+            return await response(scope, receive, send)
+
+        async def send_and_count(message) -> None:
+            if message["type"] == "http.response.start":
+                self.engine.metrics.request(path, message["status"])
+            await send(message)
+
+        await self.app(scope, receive, send_and_count)
+
+    def _authorized(self, scope: Scope) -> bool:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        given = headers.get("x-api-key", "")
+        authorization = headers.get("authorization", "")
+        if authorization.lower().startswith("bearer "):
+            given = given or authorization[7:].strip()
+        return hmac.compare_digest(given.encode(), self.api_key.encode())
+
+
+async def _health(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    return JSONResponse(
+        {
+            "status": "ok",
+            "model": engine.provider.model_id,
+            "queue_depth": engine.worker.waiting,
+            "running": engine.worker.running,
+        }
+    )
+
+
+async def _metrics(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    text = engine.metrics.render(
+        waiting=engine.worker.waiting, running=engine.worker.running, stats=engine.worker.last_stats
+    )
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return _error(
+        request.url.path,
+        exc.status_code,
+        kind,
+        f"{request.method} {request.url.path}: {exc.detail}",
+    )
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return _error(
+        request.url.path, 500, "api_error", f"internal error: {type(exc).__name__}: {exc}"
+    )
+
+
+def create_app(
+    provider: Provider,
+    *,
+    api_key: str | None = None,
+    max_queue: int = 8,
+    max_input_tokens: int = 32768,
+    max_tokens_default: int = 512,
+    max_body_bytes: int = 4 * 1024 * 1024,
+) -> Starlette:
+    """An ASGI app serving `provider` over the OpenAI and Anthropic APIs.
+
+    One worker thread runs the model; the event loop only parses, queues and streams, so
+    `/health` answers during a generation.
+    """
+    if not isinstance(provider, Provider):
+        raise TypeError(
+            f"{type(provider).__name__} lacks the Provider interface "
+            "(model_id, tokenizer, stream, encode_prompt, stats)"
+        )
+    engine = Engine(
+        provider,
+        Limits(
+            max_queue=max_queue,
+            max_input_tokens=max_input_tokens,
+            max_tokens_default=max_tokens_default,
+            max_body_bytes=max_body_bytes,
+        ),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine.worker.start()
+        try:
+            yield
+        finally:
+            engine.worker.stop()
+
+    routes = [
+        Route("/v1/chat/completions", _openai.chat_completions, methods=["POST"]),
+        Route("/v1/completions", _openai.completions, methods=["POST"]),
+        Route("/v1/models", _openai.models, methods=["GET"]),
+        Route("/v1/messages", _anthropic.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", _anthropic.count_tokens, methods=["POST"]),
+        Route("/health", _health, methods=["GET"]),
+        Route("/metrics", _metrics, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+    app.state.engine = engine
+    app.add_middleware(_Guard, api_key=api_key, engine=engine)
+    return app
+
+
+def serve(
+    provider: Provider,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    log_level: str = "info",
+    **limits,
+) -> None:
+    """Run the server until interrupted (blocks). Raises BindError before binding an exposed
+    address without an API key."""
+    import uvicorn
+
+    check_bind(host, api_key)
+    app = create_app(provider, api_key=api_key, **limits)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

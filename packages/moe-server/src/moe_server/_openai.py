@@ -1,0 +1,431 @@
+"""OpenAI API: /v1/chat/completions, /v1/completions, /v1/models."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ._engine import Engine, RequestError, read_json
+from ._text import ToolCall
+from ._validate import arguments_object, get, positive_int, sampling, string_list
+from ._worker import Failure, Finish, Overloaded
+
+FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length", "tool_calls": "tool_calls"}
+RETRY_AFTER = "1"
+
+
+def error_response(e: RequestError) -> JSONResponse:
+    return JSONResponse(
+        {"error": error_body(e.message, e.kind, e.param, e.code)}, status_code=e.status
+    )
+
+
+def error_body(message: str, kind: str = "invalid_request_error", param=None, code=None) -> dict:
+    return {"message": message, "type": kind, "param": param, "code": code}
+
+
+def overloaded_response() -> JSONResponse:
+    return JSONResponse(
+        {
+            "error": error_body(
+                "the server is busy: too many requests are queued; retry shortly",
+                "rate_limit_error",
+                code="queue_full",
+            )
+        },
+        status_code=429,
+        headers={"Retry-After": RETRY_AFTER},
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class Options:
+    model: str
+    stream: bool
+    include_usage: bool
+    stops: list[str]
+    sampling: dict
+
+
+def _reject_unsupported(body: dict) -> None:
+    """Options this server cannot honour get a 400, never silence."""
+    n = get(body, "n", int, default=1)
+    if n != 1:
+        raise RequestError("only n=1 is supported", param="n")
+    for name in ("logprobs", "echo"):
+        if get(body, name, (bool, int), default=False):
+            raise RequestError(f"'{name}' is not supported by this server", param=name)
+    if get(body, "top_logprobs", int):
+        raise RequestError("'top_logprobs' is not supported by this server", param="top_logprobs")
+    if get(body, "best_of", int, default=1) != 1:
+        raise RequestError("only best_of=1 is supported", param="best_of")
+    if get(body, "suffix", str):
+        raise RequestError("'suffix' is not supported by this server", param="suffix")
+    if get(body, "logit_bias", dict):
+        raise RequestError("'logit_bias' is not supported by this server", param="logit_bias")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if get(body, name, float, default=0):
+            raise RequestError(f"'{name}' is not supported; use repetition_penalty", param=name)
+    fmt = get(body, "response_format", dict)
+    if fmt is not None and fmt.get("type") != "text":
+        raise RequestError(
+            f"response_format type {fmt.get('type')!r} is not supported; only 'text'",
+            param="response_format",
+        )
+
+
+def _options(body: dict, engine: Engine) -> Options:
+    _reject_unsupported(body)
+    model = get(body, "model", str, default=engine.provider.model_id)
+    stream = get(body, "stream", bool, default=False)
+    stream_options = get(body, "stream_options", dict, default={})
+    include_usage = get(
+        stream_options, "include_usage", bool, default=False, where="stream_options."
+    )
+    max_tokens = positive_int(body, "max_completion_tokens") or positive_int(
+        body, "max_tokens", default=engine.limits.max_tokens_default
+    )
+    return Options(
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        stops=string_list(body, "stop"),
+        sampling=sampling(body, max_tokens=max_tokens),
+    )
+
+
+def _text_content(content: Any, where: str) -> str:
+    """Message content as the chat template wants it: one string."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise RequestError(f"'{where}' must be a string or a list of content parts", param=where)
+    texts = []
+    for i, part in enumerate(content):
+        if (
+            not isinstance(part, dict)
+            or part.get("type") != "text"
+            or not isinstance(part.get("text"), str)
+        ):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise RequestError(
+                f"'{where}[{i}]': content part {kind!r} is not supported; only text",
+                param=f"{where}[{i}]",
+            )
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def convert_messages(messages: list) -> list[dict]:
+    """OpenAI messages into the chat template's format (assistant tool_calls, role "tool")."""
+    out = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise RequestError(f"'{where}' must be an object", param=where)
+        role = get(message, "role", str, required=True, where=f"{where}.")
+        role = "system" if role == "developer" else role
+        if role not in ("system", "user", "assistant", "tool"):
+            raise RequestError(
+                f"'{where}.role' {role!r} is not one of system, developer, user, assistant, tool",
+                param=f"{where}.role",
+            )
+        converted: dict[str, Any] = {
+            "role": role,
+            "content": _text_content(message.get("content"), f"{where}.content"),
+        }
+        if role == "assistant" and message.get("tool_calls"):
+            calls = get(message, "tool_calls", list, where=f"{where}.")
+            converted["tool_calls"] = [
+                _history_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)
+            ]
+        if role == "tool":
+            converted["tool_call_id"] = get(
+                message, "tool_call_id", str, default="", where=f"{where}."
+            )
+        out.append(converted)
+    if not out:
+        raise RequestError("'messages' must not be empty", param="messages")
+    return out
+
+
+def _history_call(call: Any, where: str) -> dict:
+    if not isinstance(call, dict):
+        raise RequestError(f"'{where}' must be an object", param=where)
+    function = get(call, "function", dict, required=True, where=f"{where}.")
+    name = get(function, "name", str, required=True, where=f"{where}.function.")
+    arguments = arguments_object(function.get("arguments", {}), f"{where}.function.arguments")
+    return {
+        "id": call.get("id") or "",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
+def convert_tools(body: dict) -> list[dict] | None:
+    tools = get(body, "tools", list)
+    choice = body.get("tool_choice", "auto")
+    if choice == "none" or not tools:
+        return None
+    if choice != "auto":
+        raise RequestError(
+            "tool_choice must be 'auto' or 'none'; forcing a tool ('required' or a "
+            "named function) is not supported",
+            param="tool_choice",
+        )
+    out = []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise RequestError(
+                f"'{where}': only tools of type 'function' are supported", param=where
+            )
+        function = get(tool, "function", dict, required=True, where=f"{where}.")
+        get(function, "name", str, required=True, where=f"{where}.function.")
+        get(function, "parameters", dict, where=f"{where}.function.")
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _usage(finish: Finish) -> dict:
+    return {
+        "prompt_tokens": finish.prompt_tokens,
+        "completion_tokens": finish.completion_tokens,
+        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
+    }
+
+
+def _sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _tool_call_json(call: ToolCall) -> dict:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments_json},
+    }
+
+
+async def _start(request: Request, *, chat: bool):
+    """Parse, validate and queue; returns (options, job) or an error response."""
+    engine: Engine = request.app.state.engine
+    try:
+        body = await read_json(request, engine.limits.max_body_bytes)
+        options = _options(body, engine)
+        if chat:
+            messages = get(body, "messages", list, required=True)
+            prompt, tools = convert_messages(messages), convert_tools(body)
+        else:
+            prompt, tools = get(body, "prompt", (str, list), required=True), None
+            if isinstance(prompt, list):
+                if len(prompt) != 1 or not isinstance(prompt[0], str):
+                    raise RequestError(
+                        "'prompt' must be a string or a list of one string", param="prompt"
+                    )
+                prompt = prompt[0]
+        job = await engine.submit(
+            prompt, tools=tools, stops=options.stops, sampling=options.sampling
+        )
+    except RequestError as e:
+        return None, error_response(e)
+    except Overloaded:
+        return None, overloaded_response()
+    return options, job
+
+
+async def chat_completions(request: Request) -> Response:
+    options, job = await _start(request, chat=True)
+    if options is None:
+        return job
+    engine: Engine = request.app.state.engine
+    meta = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "created": int(time.time()),
+        "model": options.model,
+    }
+    if options.stream:
+        return StreamingResponse(
+            _chat_stream(engine, job, options, meta), media_type="text/event-stream"
+        )
+    text, calls = [], []
+    async for event in engine.events(job):
+        if isinstance(event, str):
+            text.append(event)
+        elif isinstance(event, ToolCall):
+            calls.append(_tool_call_json(event))
+        elif isinstance(event, Failure):
+            return JSONResponse(
+                {"error": error_body(f"generation failed: {event.message}", "server_error")},
+                status_code=500,
+            )
+        else:
+            finish = event
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(text) or (None if calls else ""),
+    }
+    if calls:
+        message["tool_calls"] = calls
+    return JSONResponse(
+        {
+            **meta,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": FINISH[finish.reason],
+                }
+            ],
+            "usage": _usage(finish),
+        }
+    )
+
+
+async def _chat_stream(engine: Engine, job, options: Options, meta: dict):
+    def chunk(delta: dict, finish_reason=None) -> str:
+        return _sse(
+            {
+                **meta,
+                "object": "chat.completion.chunk",
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                ],
+            }
+        )
+
+    yield chunk({"role": "assistant", "content": ""})
+    index = 0
+    async for event in engine.events(job):
+        if isinstance(event, str):
+            yield chunk({"content": event})
+        elif isinstance(event, ToolCall):
+            # As OpenAI streams them: id and name first, then the arguments.
+            yield chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": event.id,
+                            "type": "function",
+                            "function": {"name": event.name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            yield chunk(
+                {"tool_calls": [{"index": index, "function": {"arguments": event.arguments_json}}]}
+            )
+            index += 1
+        elif isinstance(event, Failure):
+            if event.message != "cancelled":
+                yield _sse(
+                    {"error": error_body(f"generation failed: {event.message}", "server_error")}
+                )
+            return
+        else:
+            yield chunk({}, FINISH[event.reason])
+            if options.include_usage:
+                yield _sse(
+                    {
+                        **meta,
+                        "object": "chat.completion.chunk",
+                        "choices": [],
+                        "usage": _usage(event),
+                    }
+                )
+    yield _sse("[DONE]")
+
+
+async def completions(request: Request) -> Response:
+    options, job = await _start(request, chat=False)
+    if options is None:
+        return job
+    engine: Engine = request.app.state.engine
+    meta = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": options.model,
+    }
+    if options.stream:
+        return StreamingResponse(
+            _completion_stream(engine, job, options, meta), media_type="text/event-stream"
+        )
+    text = []
+    async for event in engine.events(job):
+        if isinstance(event, str):
+            text.append(event)
+        elif isinstance(event, Failure):
+            return JSONResponse(
+                {"error": error_body(f"generation failed: {event.message}", "server_error")},
+                status_code=500,
+            )
+        elif isinstance(event, Finish):
+            finish = event
+    return JSONResponse(
+        {
+            **meta,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "".join(text),
+                    "logprobs": None,
+                    "finish_reason": FINISH[finish.reason],
+                }
+            ],
+            "usage": _usage(finish),
+        }
+    )
+
+
+async def _completion_stream(engine: Engine, job, options: Options, meta: dict):
+    def chunk(text: str, finish_reason=None) -> str:
+        return _sse(
+            {
+                **meta,
+                "choices": [
+                    {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+                ],
+            }
+        )
+
+    async for event in engine.events(job):
+        if isinstance(event, str):
+            yield chunk(event)
+        elif isinstance(event, Failure):
+            if event.message != "cancelled":
+                yield _sse(
+                    {"error": error_body(f"generation failed: {event.message}", "server_error")}
+                )
+            return
+        elif isinstance(event, Finish):
+            yield chunk("", FINISH[event.reason])
+            if options.include_usage:
+                yield _sse({**meta, "choices": [], "usage": _usage(event)})
+    yield _sse("[DONE]")
+
+
+async def models(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": engine.provider.model_id,
+                    "object": "model",
+                    "created": engine.created,
+                    "owned_by": "moe",
+                }
+            ],
+        }
+    )

@@ -1,0 +1,26 @@
+"""What the server needs from a model: the moe-runtime Session interface."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A loaded model the server generates with; `moe_runtime.Session` is one.
+
+    Only the worker thread calls `stream` and `stats`, one call at a time, so a provider need
+    not be thread-safe. `stream` yields mlx-lm `GenerationResponse`-like objects (`.text`,
+    `.prompt_tokens`, `.generation_tokens`, `.generation_tps`, `.finish_reason`) and stops
+    generating when the server closes the iterator.
+    """
+
+    model_id: str
+    tokenizer: Any
+
+    def stream(self, prompt: Any, **sampling: Any) -> Iterator[Any]: ...
+
+    def encode_prompt(self, prompt: Any, tools: list[dict] | None = None) -> list[int]: ...
+
+    def stats(self) -> dict: ...

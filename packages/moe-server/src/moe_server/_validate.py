@@ -1,0 +1,107 @@
+"""Small hand-written checks for request bodies; each failure names the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._engine import RequestError
+
+_JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+}
+
+
+def _json_type(value: Any) -> str:
+    for kind, name in _JSON_TYPES.items():
+        if type(value) is kind:
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def get(
+    data: dict,
+    name: str,
+    kinds: type | tuple[type, ...],
+    *,
+    required: bool = False,
+    default: Any = None,
+    where: str = "",
+) -> Any:
+    """data[name] checked against `kinds` (JSON null counts as absent); bool is never a number."""
+    path = f"{where}{name}"
+    if data.get(name) is None:
+        if required:
+            raise RequestError(f"missing required field '{path}'", param=path)
+        return default
+    value = data[name]
+    named = kinds if isinstance(kinds, tuple) else (kinds,)
+    accepted = (*named, int) if float in named else named
+    if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in named):
+        wanted = " or ".join(_JSON_TYPES[k] for k in named)
+        raise RequestError(f"'{path}' must be {wanted}, got {_json_type(value)}", param=path)
+    return value
+
+
+def number(data: dict, name: str, *, low: float, high: float, default: Any = None) -> Any:
+    value = get(data, name, float, default=default)
+    if value is not None and not low <= value <= high:
+        raise RequestError(f"'{name}' must be between {low} and {high}, got {value}", param=name)
+    return value
+
+
+def positive_int(data: dict, name: str, *, default: Any = None) -> Any:
+    value = get(data, name, int, default=default)
+    if value is not None and value < 1:
+        raise RequestError(f"'{name}' must be at least 1, got {value}", param=name)
+    return value
+
+
+def string_list(data: dict, name: str) -> list[str]:
+    """A string or a list of strings (stop sequences)."""
+    value = get(data, name, (str, list), default=[])
+    values = [value] if isinstance(value, str) else value
+    if not all(isinstance(v, str) for v in values):
+        raise RequestError(f"'{name}' must be a string or a list of strings", param=name)
+    return [v for v in values if v]
+
+
+def sampling(data: dict, *, max_tokens: int) -> dict:
+    """Sampling options both APIs share, plus mlx-lm's top_k/min_p/repetition_penalty."""
+    out = {"max_tokens": max_tokens}
+    for name, low, high in (
+        ("temperature", 0.0, 2.0),
+        ("top_p", 0.0, 1.0),
+        ("min_p", 0.0, 1.0),
+        ("repetition_penalty", 0.0, 10.0),
+    ):
+        value = number(data, name, low=low, high=high)
+        if value is not None:
+            out[name] = float(value)
+    top_k = get(data, "top_k", int)
+    if top_k is not None:
+        if top_k < 0:
+            raise RequestError(f"'top_k' must be at least 0, got {top_k}", param="top_k")
+        out["top_k"] = top_k
+    seed = get(data, "seed", int)
+    if seed is not None:
+        out["seed"] = seed
+    return out
+
+
+def arguments_object(arguments: Any, where: str) -> Any:
+    """Tool-call arguments as the chat templates expect them: a dict when they are JSON."""
+    if isinstance(arguments, dict):
+        return arguments
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            return arguments
+        return parsed if isinstance(parsed, dict) else arguments
+    raise RequestError(f"'{where}' must be a JSON string or an object", param=where)

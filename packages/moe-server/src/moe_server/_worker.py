@@ -1,0 +1,175 @@
+"""The one thread that runs the model.
+
+MLX is not thread-safe, so every `provider.stream` and `provider.stats` call happens here and
+the event loop only moves events. Requests wait in a bounded queue; a full queue refuses at
+once (the APIs answer 429/529) instead of letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._provider import Provider
+from ._text import StopScanner, ToolCall, ToolScanner
+
+log = logging.getLogger("moe_server")
+
+
+class Overloaded(Exception):
+    """The queue is full."""
+
+
+@dataclass(slots=True)
+class Finish:
+    reason: str  # "stop" | "length" | "tool_calls" | "stop_sequence"
+    stop_sequence: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float | None
+    generation_tps: float
+
+
+@dataclass(slots=True)
+class Failure:
+    message: str
+
+
+@dataclass(slots=True)
+class Job:
+    """One generation: what to run, where its events go, and a flag to stop it."""
+
+    prompt: Any
+    sampling: dict
+    stops: list[str]
+    tools: ToolScanner
+    prompt_tokens: int
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def emit(self, event: Any) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Worker:
+    """Owns the provider: a thread that runs queued jobs one at a time."""
+
+    def __init__(self, provider: Provider, *, max_queue: int):
+        self.provider = provider
+        self.max_queue = max_queue
+        self.waiting = 0  # touched only on the event loop
+        self.running = 0
+        self.last_stats: dict = {}
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="moe-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def submit(self, job: Job) -> Job:
+        """Queue a job, or raise Overloaded. Call on the event loop."""
+        # The running job does not count: max_queue is how many may wait behind it.
+        if self.waiting >= self.max_queue:
+            raise Overloaded
+        self.waiting += 1
+        self._jobs.put(job)
+        return job
+
+    def _started(self) -> None:
+        self.waiting -= 1
+        self.running += 1
+
+    def _ended(self) -> None:
+        self.running -= 1
+
+    def _run(self) -> None:
+        self._snapshot_stats()
+        while (job := self._jobs.get()) is not None:
+            job.loop.call_soon_threadsafe(self._started)
+            try:
+                if not job.cancelled.is_set():
+                    self._generate(job)
+                else:
+                    job.emit(Failure("cancelled"))
+            except Exception as e:  # a failing generation must not take the server down
+                log.exception("generation failed")
+                job.emit(Failure(f"{type(e).__name__}: {e}"))
+            finally:
+                self._snapshot_stats()
+                job.loop.call_soon_threadsafe(self._ended)
+
+    def _snapshot_stats(self) -> None:
+        try:
+            self.last_stats = self.provider.stats() or {}
+        except Exception:
+            log.exception("provider.stats() failed")
+
+    def _generate(self, job: Job) -> None:
+        stops = StopScanner(job.stops)
+        scanner = job.tools
+        first_token_at = None
+        last = None
+        finish_reason = None
+        iterator = self.provider.stream(job.prompt, **job.sampling)
+        try:
+            for response in iterator:
+                if job.cancelled.is_set():
+                    break
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                last = response
+                for item in scanner.feed(stops.feed(response.text)):
+                    job.emit(item)
+                if stops.matched is not None:
+                    finish_reason = "stop_sequence"
+                    break
+                if response.finish_reason is not None:
+                    finish_reason = response.finish_reason
+                    break
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+        if job.cancelled.is_set():
+            job.emit(Failure("cancelled"))
+            return
+        if finish_reason is None:
+            # An iterator that ends without a finish reason ran out of tokens.
+            finish_reason = "length" if last is not None else "stop"
+        tail = stops.flush() if finish_reason != "stop_sequence" else ""
+        for item in [*scanner.feed(tail), *scanner.finish(finish_reason)]:
+            job.emit(item)
+        if scanner.calls and finish_reason != "length":
+            finish_reason = "tool_calls"
+        job.emit(
+            Finish(
+                reason=finish_reason,
+                stop_sequence=stops.matched,
+                # The whole prompt, even when the session reused a cached prefix of it.
+                prompt_tokens=job.prompt_tokens,
+                completion_tokens=getattr(last, "generation_tokens", 0) if last else 0,
+                ttft_s=(first_token_at - job.submitted) if first_token_at else None,
+                generation_tps=float(getattr(last, "generation_tps", 0.0) or 0.0),
+            )
+        )
+
+
+__all__ = ["Failure", "Finish", "Job", "Overloaded", "ToolCall", "Worker"]

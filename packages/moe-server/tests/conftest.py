@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny model, providers over it, and a real uvicorn server on a free port."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from moe_server import create_app
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _fixture_model import build
+from _providers import ModelProvider
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny-moe"
+    path.mkdir()
+    return build(path)
+
+
+@pytest.fixture(scope="session")
+def provider(model_path) -> ModelProvider:
+    return ModelProvider(model_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, app):
+        self.app = app
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def serve_app():
+    """Start servers for a provider on free ports; all stop at the end of the session."""
+    servers = []
+
+    def start(provider, **options) -> RunningServer:
+        server = RunningServer(create_app(provider, **options))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(serve_app, provider) -> RunningServer:
+    return serve_app(provider, max_input_tokens=1500, max_body_bytes=200_000)

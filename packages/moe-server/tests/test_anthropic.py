@@ -1,0 +1,146 @@
+"""The Anthropic Messages API, driven by the official anthropic client against a real server."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx
+import pytest
+from _providers import ScriptedProvider
+
+USER = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
+
+
+def test_message_reports_text_stop_reason_and_usage(client, provider):
+    reply = client.messages.create(
+        model="claude-test-model", max_tokens=8, messages=USER, system="Be brief."
+    )
+    assert reply.model == "claude-test-model"
+    assert reply.stop_reason == "max_tokens" and reply.stop_sequence is None
+    assert reply.content[0].type == "text" and reply.content[0].text
+    ids = provider.encode_prompt([{"role": "system", "content": "Be brief."}, *USER])
+    assert reply.usage.input_tokens == len(ids)
+    assert reply.usage.output_tokens == 8
+
+
+def test_system_blocks_and_content_blocks_equal_plain_strings(client):
+    plain = client.messages.create(model="m", max_tokens=6, system="Be brief.", messages=USER)
+    blocks = client.messages.create(
+        model="m",
+        max_tokens=6,
+        system=[{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}],
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Say hello."}]}],
+    )
+    assert blocks.content[0].text == plain.content[0].text
+    assert blocks.usage.input_tokens == plain.usage.input_tokens
+
+
+def test_stream_sends_the_full_event_sequence(server, client):
+    whole = client.messages.create(model="m", max_tokens=10, messages=USER)
+    with client.messages.stream(model="m", max_tokens=10, messages=USER) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].text == whole.content[0].text
+    assert final.stop_reason == "max_tokens" and final.usage.output_tokens == 10
+
+    body = {"model": "m", "max_tokens": 4, "messages": USER, "stream": True}
+    text = httpx.post(server.url + "/v1/messages", json=body, timeout=30).text
+    events = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    assert events[:4] == ["message_start", "ping", "content_block_start", "content_block_delta"]
+    assert events[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+
+
+def test_stop_sequence_is_reported(client):
+    free = client.messages.create(model="m", max_tokens=16, messages=USER).content[0].text
+    stop = free[4:6]
+    cut = client.messages.create(model="m", max_tokens=16, messages=USER, stop_sequences=[stop])
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
+    assert cut.content[0].text == free[: free.index(stop)]
+
+
+def test_count_tokens_matches_the_template(client, provider):
+    counted = client.messages.count_tokens(model="claude-x", messages=USER, system="Be brief.")
+    assert counted.input_tokens == len(
+        provider.encode_prompt([{"role": "system", "content": "Be brief."}, *USER])
+    )
+
+
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+]
+TOOL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+
+
+def test_tool_use_round_trip(serve_app, provider):
+    scripted = ScriptedProvider(provider, [TOOL_TEXT, "Cold in Oslo."])
+    server = serve_app(scripted)
+    client = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0)
+    messages = [{"role": "user", "content": "Weather in Oslo?"}]
+    with client.messages.stream(
+        model="claude-x", max_tokens=200, messages=messages, tools=TOOLS
+    ) as s:
+        first = s.get_final_message()
+    assert first.stop_reason == "tool_use"
+    [use] = first.content
+    assert use.type == "tool_use" and use.name == "get_weather" and use.input == {"city": "Oslo"}
+
+    messages += [
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": use.id, "name": use.name, "input": use.input}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": use.id,
+                    "content": [{"type": "text", "text": "-3C"}],
+                }
+            ],
+        },
+    ]
+    answer = client.messages.create(
+        model="claude-x", max_tokens=200, messages=messages, tools=TOOLS
+    )
+    assert answer.stop_reason == "end_turn"
+    assert answer.content[0].text == "Cold in Oslo."
+    history = scripted.prompts[-1]
+    assert history[1]["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": {"city": "Oslo"},
+    }
+    assert history[2] == {"role": "tool", "tool_call_id": use.id, "content": "-3C"}
+    # Non-streaming tool use, with the JSON in input_json_delta parsed by the client above.
+    scripted.calls = 0
+    again = client.messages.create(
+        model="claude-x", max_tokens=200, messages=messages[:1], tools=TOOLS
+    )
+    assert again.content[0].input == {"city": "Oslo"} and again.stop_reason == "tool_use"
+    scripted.calls = 0
+    raw = httpx.post(
+        server.url + "/v1/messages",
+        timeout=30,
+        json={
+            "model": "m",
+            "max_tokens": 200,
+            "messages": messages[:1],
+            "tools": TOOLS,
+            "stream": True,
+        },
+    ).text
+    deltas = [
+        json.loads(line[6:])["delta"]
+        for line in raw.splitlines()
+        if line.startswith("data: ") and '"content_block_delta"' in line
+    ]
+    assert deltas[0]["type"] == "input_json_delta"
