@@ -33,10 +33,12 @@ MemoryOpt = Annotated[
 CapacityOpt = Annotated[
     int | None,
     typer.Option(
-        "--capacity", min=1, help="Experts kept in memory per MoE layer (instead of --memory).",
+        "--capacity",
+        min=1,
+        help="Experts kept in memory per MoE layer (instead of --memory).",
         show_default=False,
     ),
-]  # fmt: skip
+]
 ProfileOpt = Annotated[
     str | None,
     typer.Option("--profile", help="Routing profile (JSON) to size and warm the cache with."),

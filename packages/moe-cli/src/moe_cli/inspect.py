@@ -12,7 +12,15 @@ from typing import Annotated
 
 import typer
 
-from ._common import MemoryOpt, describe_capacity, err_console, fail, human_bytes, user_errors
+from ._common import (
+    CapacityOpt,
+    MemoryOpt,
+    describe_capacity,
+    err_console,
+    fail,
+    human_bytes,
+    user_errors,
+)
 
 # Hit rates assumed when no profile is known for the model: what LFUDA reaches on real routing
 # at small-to-middling capacities; a uniform router would do worse, a skewed one better.
@@ -27,6 +35,7 @@ _SHARED_KEYS = ("n_shared_experts", "num_shared_experts", "shared_expert_interme
 def inspect(
     model: Annotated[str, typer.Argument(help="Model directory.", show_default=False)],
     memory: MemoryOpt = None,
+    capacity: CapacityOpt = None,
     disk_mbps: Annotated[
         float | None,
         typer.Option(
@@ -35,19 +44,21 @@ def inspect(
             help="Disk read speed in MB/s (default: measure it).",
             show_default=False,
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show a model's experts, what fits in memory and the decode speed the disk allows."""
     with user_errors():
-        report = build_report(model, memory=memory, disk_mbps=disk_mbps)
+        report = build_report(model, memory=memory, capacity=capacity, disk_mbps=disk_mbps)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
         print_report(report)
 
 
-def build_report(model: str, *, memory: str | None, disk_mbps: float | None) -> dict:
+def build_report(
+    model: str, *, memory: str | None, capacity: int | None = None, disk_mbps: float | None
+) -> dict:
     from ._common import parse_memory
 
     memory_bytes = parse_memory(memory)
@@ -82,18 +93,18 @@ def build_report(model: str, *, memory: str | None, disk_mbps: float | None) -> 
     }
 
     try:
-        budget = moe_core.plan_budget(geometry, memory=memory_bytes)
+        budget = moe_core.plan_budget(geometry, memory=memory_bytes, capacity=capacity)
     except moe_core.BudgetError as e:
         report["fit"] = {"fits": False, "reason": str(e)}
-        capacity = None
+        slots = None
     else:
-        capacity = list(budget.capacity)
+        slots = list(budget.capacity)
         report["fit"] = {
             "fits": True,
             "memory": budget.memory,
             "backend": budget.backend,
-            "capacity": _one_or_list(capacity),
-            "all_experts_fit": capacity == experts,
+            "capacity": _one_or_list(slots),
+            "all_experts_fit": slots == experts,
             "reason": budget.reason,
         }
 
@@ -105,8 +116,8 @@ def build_report(model: str, *, memory: str | None, disk_mbps: float | None) -> 
         report["disk"] = {"mb_per_s": disk_mbps, "measured": True}
     else:
         report["disk"] = {"mb_per_s": disk_mbps, "measured": False}
-    if capacity is not None:
-        report["prediction"] = predict(geometry, capacity, disk_mbps, profile)
+    if slots is not None:
+        report["prediction"] = predict(geometry, slots, disk_mbps, profile)
     return report
 
 
@@ -124,25 +135,14 @@ def predict(geometry, capacity: list[int], disk_mbps: float, profile: dict | Non
         rates = (1.0, 1.0)
         source = "all experts resident"
 
-    def tok_s(rate: float) -> float | None:
-        per_token = sum(
-            (k or 1) * (1 - rate) * b
-            for k, b in zip(geometry.top_k, geometry.expert_bytes, strict=True)
-        )
-        return None if per_token <= 0 else disk_mbps * 1e6 / per_token
-
+    # Bytes read per token if every selected expert missed.
+    all_miss = sum((k or 1) * b for k, b in zip(geometry.top_k, geometry.expert_bytes, strict=True))
+    per_token = [all_miss * (1 - rate) for rate in rates]
     return {
         "hit_rate": list(rates),
         "hit_rate_source": source,
-        "mb_read_per_token": [
-            sum(
-                (k or 1) * (1 - r) * b
-                for k, b in zip(geometry.top_k, geometry.expert_bytes, strict=True)
-            )
-            / 1e6
-            for r in rates
-        ],  # fmt: skip
-        "tok_s": [tok_s(rates[0]), tok_s(rates[1])],
+        "mb_read_per_token": [b / 1e6 for b in per_token],
+        "tok_s": [disk_mbps * 1e6 / b if b > 0 else None for b in per_token],
     }
 
 
@@ -217,7 +217,8 @@ def print_report(r: dict) -> None:
         what = (
             "every expert fits" if fit["all_experts_fit"] else describe_capacity(capacity, experts)
         )
-        out(f"fits         {what} in {human_bytes(fit['memory'])} ({fit['backend']})")
+        where = "as given" if fit["memory"] is None else f"in {human_bytes(fit['memory'])}"
+        out(f"fits         {what} {where} ({fit['backend']})")
     out(f"profile      {'known' if r['profile'] else 'none known for this checkpoint'}")
     disk = r["disk"]
     out(f"disk         {disk['mb_per_s']:.0f} MB/s {'measured' if disk['measured'] else 'given'}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import inspect
+from . import chat, generate, inspect, serve
 
 app = typer.Typer(
     name="moe",
@@ -21,6 +21,9 @@ def main() -> None:
     """Run Mixture-of-Experts models larger than memory: experts are read from disk on demand."""
 
 
+app.command("serve")(serve.serve)
+app.command("generate")(generate.generate)
+app.command("chat")(chat.chat)
 app.command("inspect")(inspect.inspect)
 
 if __name__ == "__main__":
