@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,20 @@ def checkpoint(tmp_path_factory) -> Path:
     return build_checkpoint(CheckpointSpec(family="qwen3_moe"), tmp_path_factory.mktemp("qwen3"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory):
+    """Warm-start state goes to a temporary cache, not the user's (subprocesses inherit it)."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture(scope="session")
-def dense_checkpoint(tmp_path_factory) -> Path:
+def dense_checkpoint(tmp_path_factory, checkpoint) -> Path:
     """A model with no experts at all: what `moe` must refuse in one line."""
     import mlx.core as mx
     from mlx_lm.models import llama
@@ -34,6 +48,8 @@ def dense_checkpoint(tmp_path_factory) -> Path:
     mx.eval(model.parameters())
     save_model(path, model, donate_model=False)
     save_config(config, path / "config.json")
+    for file in checkpoint.glob("tokenizer*"):
+        shutil.copy(file, path / file.name)
     return path
 
 

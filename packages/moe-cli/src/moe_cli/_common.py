@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn
 
@@ -108,8 +109,13 @@ def open_session(model: str | None, *, memory: str | None = None, **options: Any
     from moe_runtime import Session
 
     name = model or "the demo model"
-    with err_console.status(f"Loading {name}..."):
-        return Session(model, memory=memory_bytes, **options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with err_console.status(f"Loading {name}..."):
+            session = Session(model, memory=memory_bytes, **options)
+    for warning in caught:  # one line each, not Python's two-line warning format
+        err_console.print(f"[yellow]warning:[/] {warning.message}", markup=True, soft_wrap=True)
+    return session
 
 
 def human_bytes(n: float) -> str:
