@@ -5,6 +5,7 @@ Ctrl-C and SIGTERM stop the server cleanly (exit code 0)."""
 
 from __future__ import annotations
 
+import signal
 import socket
 from typing import Annotated
 
@@ -41,14 +42,20 @@ def serve(
         ),
     ] = None,
     max_tokens: Annotated[
-        int, typer.Option("--max-tokens", min=1, help="Most tokens one request may generate.")
-    ] = 4096,
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            min=1,
+            show_default=False,
+            help="Tokens a request generates when it does not say how many [default: 512].",
+        ),
+    ] = None,
     max_input_tokens: Annotated[
         int | None,
         typer.Option(
             "--max-input-tokens",
             min=1,
-            help="Longest prompt accepted, in tokens.",
+            help="Longest prompt accepted, in tokens [default: 32768].",
             show_default=False,
         ),
     ] = None,
@@ -76,14 +83,18 @@ def serve(
         )
     with session:
         announce(session, host, port)
+        limits = {"max_tokens_default": max_tokens, "max_input_tokens": max_input_tokens}
+        # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found;
+        # finding one that ignores it lets a clean shutdown end with exit code 0.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
         with user_errors():
             moe_server.serve(
                 session,
                 host=host,
                 port=port,
                 api_key=api_key,
-                max_tokens=max_tokens,
-                max_input_tokens=max_input_tokens,
+                **{name: value for name, value in limits.items() if value is not None},
             )
     err_console.print("stopped")
 
