@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import chat, generate, inspect, serve
+from . import chat, generate, inspect, profile, serve
 
 app = typer.Typer(
     name="moe",
@@ -24,6 +24,7 @@ def main() -> None:
 app.command("serve")(serve.serve)
 app.command("generate")(generate.generate)
 app.command("chat")(chat.chat)
+app.add_typer(profile.app, name="profile")
 app.command("inspect")(inspect.inspect)
 
 if __name__ == "__main__":
