@@ -70,3 +70,26 @@ def test_profile_errors(run, checkpoint, tmp_path, one_line_error):
     )
     one_line_error(run("profile", "simulate", tmp_path / "missing.npz"), "missing.npz")
     one_line_error(run("profile", "simulate", tmp_path / "t.npz", "--capacity", "2.5"), "2.5")
+
+
+def test_inspect_predicts_with_the_profile(run, recorded, checkpoint):
+    from moe_profiles import Trace, simulate
+
+    out, _ = recorded
+    args = ("inspect", checkpoint, "--capacity", "4", "--disk-mbps", "100", "--json")
+    report = json.loads(run(*args, "--profile", out / "p.json").stdout)
+    p = report["prediction"]
+    assert p["hit_rate_source"] == "profile"
+    expected = simulate(Trace.load(out / "t.npz"), 4).hit_rate
+    assert p["hit_rate"][0] == pytest.approx(expected, abs=0.05)
+    assert report["profile"]["source"]["prompts"].endswith("prompts.json")
+
+
+def test_inspect_refuses_another_models_profile(
+    run, recorded, checkpoint, tmp_path, one_line_error
+):
+    out, _ = recorded
+    doc = json.loads((out / "p.json").read_text())
+    doc["fingerprint"] = "0" * 16
+    (tmp_path / "other.json").write_text(json.dumps(doc))
+    one_line_error(run("inspect", checkpoint, "--profile", tmp_path / "other.json"), "0" * 16)

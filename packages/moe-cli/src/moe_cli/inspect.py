@@ -36,6 +36,15 @@ def inspect(
     model: Annotated[str, typer.Argument(help="Model directory.", show_default=False)],
     memory: MemoryOpt = None,
     capacity: CapacityOpt = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            "--profile",
+            help="Profile (from `moe profile`) to predict the hit rate with "
+            "[default: the shipped one for this checkpoint, if any].",
+            show_default=False,
+        ),
+    ] = None,
     disk_mbps: Annotated[
         float | None,
         typer.Option(
@@ -49,7 +58,9 @@ def inspect(
 ) -> None:
     """Show a model's experts, what fits in memory and the decode speed the disk allows."""
     with user_errors():
-        report = build_report(model, memory=memory, capacity=capacity, disk_mbps=disk_mbps)
+        report = build_report(
+            model, memory=memory, capacity=capacity, profile=profile, disk_mbps=disk_mbps
+        )
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -57,7 +68,12 @@ def inspect(
 
 
 def build_report(
-    model: str, *, memory: str | None, capacity: int | None = None, disk_mbps: float | None
+    model: str,
+    *,
+    memory: str | None,
+    capacity: int | None = None,
+    profile: Path | None = None,
+    disk_mbps: float | None,
 ) -> dict:
     from ._common import parse_memory
 
@@ -108,8 +124,8 @@ def build_report(
             "reason": budget.reason,
         }
 
-    profile = _known_profile(fingerprint)
-    report["profile"] = profile
+    known = _known_profile(fingerprint, profile)
+    report["profile"] = known and {"source": known["source"]}
 
     if disk_mbps is None:
         disk_mbps = measure_disk(geometry.banks)
@@ -117,16 +133,16 @@ def build_report(
     else:
         report["disk"] = {"mb_per_s": disk_mbps, "measured": False}
     if slots is not None:
-        report["prediction"] = predict(geometry, slots, disk_mbps, profile)
+        report["prediction"] = predict(geometry, slots, disk_mbps, known)
     return report
 
 
 def predict(geometry, capacity: list[int], disk_mbps: float, profile: dict | None) -> dict:
     """Decode tokens per second the disk allows: every token reads each MoE layer's missed experts,
     `top_k * (1 - hit rate)` of them. Compute time is not counted, so these are ceilings."""
-    if profile is not None and profile.get("hit_rate") is not None:
-        rates = (profile["hit_rate"], profile["hit_rate"])
-        source = "profile"
+    if profile is not None:
+        rate = _profile_hit_rate(profile, capacity)
+        rates, source = (rate, rate), "profile"
     else:
         uniform = min(c / e for c, e in zip(capacity, geometry.num_experts, strict=True))
         rates = (max(uniform, ASSUMED_HIT_RATES[0]), max(uniform, ASSUMED_HIT_RATES[1]))
@@ -171,9 +187,34 @@ def measure_disk(banks, seconds: float = DISK_TEST_SECONDS) -> float:
     return total / elapsed / 1e6
 
 
-def _known_profile(fingerprint: str) -> dict | None:
-    """The shipped profile for this checkpoint, if there is one, as a short summary."""
-    return None
+def _known_profile(fingerprint: str, path: Path | None) -> dict | None:
+    """The given profile (refused if it is another model's) or the shipped one for this
+    checkpoint, if there is one: its hit curves and source."""
+    from moe_profiles import Profile, find_profile
+
+    if path is not None:
+        profile = Profile.load(path)
+        profile.check(fingerprint)
+    else:
+        profile = find_profile(fingerprint)
+    if profile is None:
+        return None
+    return {"source": dict(profile.source), "curves": profile.curves, "counts": profile.counts}
+
+
+def _profile_hit_rate(profile: dict, capacity: list[int]) -> float:
+    """Hit rate over the profile's prompts at these capacities, from its measured hit curves.
+
+    A curve's last point holds every expert, so its only misses are the first use of each expert
+    ever routed to: hits there plus that count is the layer's number of accesses."""
+    import numpy as np
+
+    hits = accesses = 0.0
+    for curve, counts, slots in zip(profile["curves"], profile["counts"], capacity, strict=True):
+        caps, layer_hits = zip(*curve, strict=True)
+        hits += float(np.interp(slots, caps, layer_hits))
+        accesses += layer_hits[-1] + sum(1 for c in counts if c)
+    return hits / accesses if accesses else 0.0
 
 
 def _shared_experts(config: dict) -> int:
