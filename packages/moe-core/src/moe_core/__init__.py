@@ -9,7 +9,7 @@ from ._backend import Backend, CPUBackend, CUDABackend, MetalBackend, detect_bac
 from ._bank import MISS_MODES
 from ._cache import CacheStats, ExpertCache, Wave
 from ._errors import BudgetError, CheckpointError, MoEError, UnsupportedModelError
-from ._offload import Budget, Geometry, OffloadHandle, describe, fingerprint, offload
+from ._offload import Budget, Geometry, OffloadHandle, describe, fingerprint, offload, plan_budget
 from ._policy import POLICIES, Policy, make_policy
 
 __all__ = [
@@ -36,4 +36,5 @@ __all__ = [
     "make_policy",
     "offload",
     "parse_size",
+    "plan_budget",
 ]

@@ -251,6 +251,24 @@ def offload(
     return OffloadHandle(model, layers, store, budget, backend)
 
 
+def plan_budget(
+    geometry: Geometry,
+    *,
+    capacity: int | list[int] | None = None,
+    memory: int | None = None,
+    reserve: int = 0,
+    backend: Backend | None = None,
+) -> Budget:
+    """The slots per layer `offload` would choose for this geometry, without touching the model.
+
+    Same arguments and the same arithmetic as `offload`, so a tool can show what fits before
+    loading anything; raises `BudgetError` when `memory` cannot hold the smallest working set.
+    """
+    if capacity is not None and memory is not None:
+        raise ValueError("give capacity or memory, not both")
+    return _budget(geometry, capacity, memory, reserve, backend or detect_backend())
+
+
 def _budget(
     geometry: Geometry, capacity, memory: int | None, reserve: int, backend: Backend
 ) -> Budget:
@@ -349,4 +367,5 @@ __all__ = [
     "fingerprint",
     "layer_number",
     "offload",
+    "plan_budget",
 ]

@@ -1,0 +1,134 @@
+"""What every command shares: one-line errors for user mistakes, the options that pick a model and
+its budget, and loading a Session with a spinner. Only typer and rich are imported here, so
+`moe --help` never pays for MLX."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+err_console = Console(stderr=True, highlight=False)
+
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="[MODEL]",
+        help="Model directory or Hugging Face name; the shipped demo model when left out.",
+        show_default=False,
+    ),
+]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory",
+        help="Memory the whole process may use, e.g. 12GB or 512MiB (default: what is available).",
+        show_default=False,
+    ),
+]
+CapacityOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--capacity",
+        min=1,
+        help="Experts kept in memory per MoE layer (instead of --memory).",
+        show_default=False,
+    ),
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option("--profile", help="Routing profile (JSON) to size and warm the cache with."),
+]
+PolicyOpt = Annotated[str, typer.Option("--policy", help="Cache policy: lfuda, lru, lfu or fifo.")]
+MissOpt = Annotated[
+    str,
+    typer.Option(
+        "--miss", help="What a miss does: exact (read the expert) or skip (LOSSY: drop it)."
+    ),
+]
+KVBitsOpt = Annotated[
+    int | None,
+    typer.Option("--kv-bits", help="Quantize the KV cache to 4 or 8 bits.", show_default=False),
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr and a non-zero exit: how every user mistake ends."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause (bad values, missing files, models that are not MoE or do
+    not fit) into one line and exit code 1; anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+    except Exception as e:
+        if not _is_user_error(e):
+            raise
+        fail(_describe(e))
+
+
+def _is_user_error(e: Exception) -> bool:
+    if isinstance(e, (ValueError, OSError)):
+        return True
+    # moe_core is imported by the command body, never here (it imports MLX).
+    core = sys.modules.get("moe_core")
+    return core is not None and isinstance(e, core.MoEError)
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.strerror}: {e.filename}"
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def parse_memory(memory: str | None) -> int | None:
+    """`--memory` in bytes; a bad value is a ValueError that `user_errors` turns into one line."""
+    if memory is None:
+        return None
+    from moe_core import parse_size
+
+    return parse_size(memory)
+
+
+def open_session(model: str | None, *, memory: str | None = None, **options: Any):
+    """A `moe_runtime.Session` for `model` (the demo model when None), with a spinner while it
+    loads and warms its cache."""
+    memory_bytes = parse_memory(memory)
+    from moe_runtime import Session
+
+    name = model or "the demo model"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with err_console.status(f"Loading {name}..."):
+            session = Session(model, memory=memory_bytes, **options)
+    for warning in caught:  # one line each, not Python's two-line warning format
+        err_console.print(f"[yellow]warning:[/] {warning.message}", markup=True, soft_wrap=True)
+    return session
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def describe_capacity(capacity: list[int] | tuple[int, ...], experts: list[int]) -> str:
+    """`8 of 16 experts per layer` or, when layers differ, the distinct values."""
+    pairs = sorted(set(zip(capacity, experts, strict=True)))
+    if len(pairs) == 1:
+        c, e = pairs[0]
+        return f"{c} of {e} experts per layer ({len(capacity)} MoE layers)"
+    return f"{min(capacity)}-{max(capacity)} experts per layer ({len(capacity)} MoE layers)"

@@ -1,0 +1,283 @@
+"""`moe inspect MODEL`: what a checkpoint holds and what running it here would take, without
+running it: the model is loaded lazily and only its config and safetensors headers are read."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import (
+    CapacityOpt,
+    MemoryOpt,
+    describe_capacity,
+    err_console,
+    fail,
+    human_bytes,
+    user_errors,
+)
+
+# Hit rates assumed when no profile is known for the model: what LFUDA reaches on real routing
+# at small-to-middling capacities; a uniform router would do worse, a skewed one better.
+ASSUMED_HIT_RATES = (0.5, 0.9)
+# How long the disk read test may take.
+DISK_TEST_SECONDS = 0.5
+
+# Config keys that announce always-on shared experts, and how to count them.
+_SHARED_KEYS = ("n_shared_experts", "num_shared_experts", "shared_expert_intermediate_size")
+
+
+def inspect(
+    model: Annotated[str, typer.Argument(help="Model directory.", show_default=False)],
+    memory: MemoryOpt = None,
+    capacity: CapacityOpt = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            "--profile",
+            help="Profile (from `moe profile`) to predict the hit rate with "
+            "[default: the shipped one for this checkpoint, if any].",
+            show_default=False,
+        ),
+    ] = None,
+    disk_mbps: Annotated[
+        float | None,
+        typer.Option(
+            "--disk-mbps",
+            min=0.001,
+            help="Disk read speed in MB/s (default: measure it).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show a model's experts, what fits in memory and the decode speed the disk allows."""
+    with user_errors():
+        report = build_report(
+            model, memory=memory, capacity=capacity, profile=profile, disk_mbps=disk_mbps
+        )
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+
+
+def build_report(
+    model: str,
+    *,
+    memory: str | None,
+    capacity: int | None = None,
+    profile: Path | None = None,
+    disk_mbps: float | None,
+) -> dict:
+    from ._common import parse_memory
+
+    memory_bytes = parse_memory(memory)
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        fail(f"no model at {model}: expected a directory with config.json")
+
+    from mlx_lm.utils import load_model
+
+    import moe_core
+
+    config = json.loads((path / "config.json").read_text())
+    lazy_model, _ = load_model(path, lazy=True)
+    geometry = moe_core.describe(lazy_model, path)
+    fingerprint = moe_core.fingerprint(path)
+
+    experts = list(geometry.num_experts)
+    expert_bytes = list(geometry.expert_bytes)
+    all_expert_bytes = sum(e * b for e, b in zip(experts, expert_bytes, strict=True))
+    report: dict = {
+        "model": str(path),
+        "family": config.get("model_type"),
+        "fingerprint": fingerprint,
+        "moe_layers": len(experts),
+        "experts": _one_or_list(experts),
+        "top_k": _one_or_list(list(geometry.top_k)),
+        "shared_experts": _shared_experts(config),
+        "bytes_per_expert": _one_or_list(expert_bytes),
+        "expert_bytes": all_expert_bytes,
+        "non_expert_bytes": geometry.dense_bytes,
+        "total_bytes": all_expert_bytes + geometry.dense_bytes,
+    }
+
+    try:
+        budget = moe_core.plan_budget(geometry, memory=memory_bytes, capacity=capacity)
+    except moe_core.BudgetError as e:
+        report["fit"] = {"fits": False, "reason": str(e)}
+        slots = None
+    else:
+        slots = list(budget.capacity)
+        report["fit"] = {
+            "fits": True,
+            "memory": budget.memory,
+            "backend": budget.backend,
+            "capacity": _one_or_list(slots),
+            "all_experts_fit": slots == experts,
+            "reason": budget.reason,
+        }
+
+    known = _known_profile(fingerprint, profile)
+    report["profile"] = known and {"source": known["source"]}
+
+    if disk_mbps is None:
+        disk_mbps = measure_disk(geometry.banks)
+        report["disk"] = {"mb_per_s": disk_mbps, "measured": True}
+    else:
+        report["disk"] = {"mb_per_s": disk_mbps, "measured": False}
+    if slots is not None:
+        report["prediction"] = predict(geometry, slots, disk_mbps, known)
+    return report
+
+
+def predict(geometry, capacity: list[int], disk_mbps: float, profile: dict | None) -> dict:
+    """Decode tokens per second the disk allows: every token reads each MoE layer's missed experts,
+    `top_k * (1 - hit rate)` of them. Compute time is not counted, so these are ceilings."""
+    if profile is not None:
+        rate = _profile_hit_rate(profile, capacity)
+        rates, source = (rate, rate), "profile"
+    else:
+        uniform = min(c / e for c, e in zip(capacity, geometry.num_experts, strict=True))
+        rates = (max(uniform, ASSUMED_HIT_RATES[0]), max(uniform, ASSUMED_HIT_RATES[1]))
+        source = "assumed"
+    if all(c >= e for c, e in zip(capacity, geometry.num_experts, strict=True)):
+        rates = (1.0, 1.0)
+        source = "all experts resident"
+
+    # Bytes read per token if every selected expert missed.
+    all_miss = sum((k or 1) * b for k, b in zip(geometry.top_k, geometry.expert_bytes, strict=True))
+    per_token = [all_miss * (1 - rate) for rate in rates]
+    return {
+        "hit_rate": list(rates),
+        "hit_rate_source": source,
+        "mb_read_per_token": [b / 1e6 for b in per_token],
+        "tok_s": [disk_mbps * 1e6 / b if b > 0 else None for b in per_token],
+    }
+
+
+def measure_disk(banks, seconds: float = DISK_TEST_SECONDS) -> float:
+    """MB/s reading whole experts at random from the checkpoint, as the expert store does (pread),
+    after asking the kernel to drop those pages so the page cache does not flatter the disk."""
+    rng = random.Random(0)
+    handles: dict[Path, int] = {}
+    total, start = 0, time.perf_counter()
+    try:
+        while time.perf_counter() - start < seconds:
+            bank = rng.choice(banks)
+            expert = rng.randrange(bank.num_experts)
+            for param in bank.params:
+                file = param.files[expert]
+                if file not in handles:
+                    handles[file] = os.open(file, os.O_RDONLY)
+                fd, offset = handles[file], int(param.offsets[expert])
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, offset, param.nbytes, os.POSIX_FADV_DONTNEED)
+                total += len(os.pread(fd, param.nbytes, offset))
+        elapsed = time.perf_counter() - start
+    finally:
+        for fd in handles.values():
+            os.close(fd)
+    return total / elapsed / 1e6
+
+
+def _known_profile(fingerprint: str, path: Path | None) -> dict | None:
+    """The given profile (refused if it is another model's) or the shipped one for this
+    checkpoint, if there is one: its hit curves and source."""
+    from moe_profiles import Profile, find_profile
+
+    if path is not None:
+        profile = Profile.load(path)
+        profile.check(fingerprint)
+    else:
+        profile = find_profile(fingerprint)
+    if profile is None:
+        return None
+    return {"source": dict(profile.source), "curves": profile.curves, "counts": profile.counts}
+
+
+def _profile_hit_rate(profile: dict, capacity: list[int]) -> float:
+    """Hit rate over the profile's prompts at these capacities, from its measured hit curves.
+
+    A curve's last point holds every expert, so its only misses are the first use of each expert
+    ever routed to: hits there plus that count is the layer's number of accesses."""
+    import numpy as np
+
+    hits = accesses = 0.0
+    for curve, counts, slots in zip(profile["curves"], profile["counts"], capacity, strict=True):
+        caps, layer_hits = zip(*curve, strict=True)
+        hits += float(np.interp(slots, caps, layer_hits))
+        accesses += layer_hits[-1] + sum(1 for c in counts if c)
+    return hits / accesses if accesses else 0.0
+
+
+def _shared_experts(config: dict) -> int:
+    config = config.get("text_config", config)
+    for key in _SHARED_KEYS:
+        value = config.get(key)
+        if value:
+            return 1 if key == "shared_expert_intermediate_size" else int(value)
+    return 0
+
+
+def _one_or_list(values: list):
+    return values[0] if len(set(values)) == 1 else values
+
+
+def print_report(r: dict) -> None:
+    out = typer.echo
+    out(f"model        {r['model']}")
+    out(f"family       {r['family']}  (fingerprint {r['fingerprint']})")
+    out(
+        f"experts      {r['moe_layers']} MoE layers x {r['experts']} experts, top-{r['top_k']}"
+        f", {r['shared_experts']} shared"
+    )
+    out(f"per expert   {_bytes(r['bytes_per_expert'])}")
+    out(
+        f"weights      {human_bytes(r['total_bytes'])} in all: {human_bytes(r['expert_bytes'])} "
+        f"experts, {human_bytes(r['non_expert_bytes'])} non-expert"
+    )
+    fit = r["fit"]
+    if not fit["fits"]:
+        out(f"fits         no: {fit['reason']}")
+    else:
+        experts = (
+            r["experts"] if isinstance(r["experts"], list) else [r["experts"]] * r["moe_layers"]
+        )
+        capacity = (
+            fit["capacity"]
+            if isinstance(fit["capacity"], list)
+            else [fit["capacity"]] * r["moe_layers"]
+        )
+        what = (
+            "every expert fits" if fit["all_experts_fit"] else describe_capacity(capacity, experts)
+        )
+        where = "as given" if fit["memory"] is None else f"in {human_bytes(fit['memory'])}"
+        out(f"fits         {what} {where} ({fit['backend']})")
+    out(f"profile      {'known' if r['profile'] else 'none known for this checkpoint'}")
+    disk = r["disk"]
+    out(f"disk         {disk['mb_per_s']:.0f} MB/s {'measured' if disk['measured'] else 'given'}")
+    p = r.get("prediction")
+    if p:
+        lo, hi = p["hit_rate"]
+        if p["tok_s"][1] is None:
+            out("decode       not disk-bound: every expert stays in memory")
+        else:
+            rates = f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
+            speeds = " - ".join("compute-bound" if s is None else f"{s:.1f}" for s in p["tok_s"])
+            out(
+                f"decode       up to {speeds} tok/s from disk at {rates} hit rate ({p['hit_rate_source']})"
+            )
+    err_console.print("[dim]speeds count disk reads only; compute adds to each token[/]")
+
+
+def _bytes(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(human_bytes(v) for v in value)
+    return human_bytes(value)

@@ -1,0 +1,123 @@
+"""`moe serve [MODEL]`: the OpenAI- and Anthropic-compatible HTTP server over one model.
+
+The bind address and the port are checked before the model loads, so a mistake costs no time.
+Ctrl-C and SIGTERM stop the server cleanly (exit code 0)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from typing import Annotated
+
+import typer
+
+from ._common import (
+    CapacityOpt,
+    KVBitsOpt,
+    MemoryOpt,
+    MissOpt,
+    ModelArg,
+    PolicyOpt,
+    ProfileOpt,
+    describe_capacity,
+    err_console,
+    fail,
+    human_bytes,
+    open_session,
+    user_errors,
+)
+
+
+def serve(
+    model: ModelArg = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535)] = 8080,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="MOE_API_KEY",
+            help="Key clients must send; required to listen beyond loopback.",
+            show_default=False,
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            min=1,
+            show_default=False,
+            help="Tokens a request generates when it does not say how many [default: 512].",
+        ),
+    ] = None,
+    max_input_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-input-tokens",
+            min=1,
+            help="Longest prompt accepted, in tokens [default: 32768].",
+            show_default=False,
+        ),
+    ] = None,
+    memory: MemoryOpt = None,
+    capacity: CapacityOpt = None,
+    profile: ProfileOpt = None,
+    policy: PolicyOpt = "lfuda",
+    miss: MissOpt = "exact",
+    kv_bits: KVBitsOpt = None,
+) -> None:
+    """Serve a model over the OpenAI and Anthropic HTTP APIs."""
+    with user_errors():
+        import moe_server
+
+        moe_server.check_bind(host, api_key)
+        check_port(host, port)
+        session = open_session(
+            model,
+            memory=memory,
+            capacity=capacity,
+            profile=profile,
+            policy=policy,
+            miss=miss,
+            kv_bits=kv_bits,
+        )
+    with session:
+        announce(session, host, port)
+        limits = {"max_tokens_default": max_tokens, "max_input_tokens": max_input_tokens}
+        # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found;
+        # finding one that ignores it lets a clean shutdown end with exit code 0.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
+        with user_errors():
+            moe_server.serve(
+                session,
+                host=host,
+                port=port,
+                api_key=api_key,
+                **{name: value for name, value in limits.items() if value is not None},
+            )
+    err_console.print("stopped")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail now, in one line, when the port is taken, instead of after loading the model."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+
+
+def announce(session, host: str, port: int) -> None:
+    """Where the server listens and what it holds in memory."""
+    handle = session.handle
+    budget = handle.budget
+    shown = f"[{host}]" if ":" in host else host
+    err_console.print(f"[bold]{session.model_id}[/] on http://{shown}:{port}/v1")
+    err_console.print(f"  experts: {describe_capacity(handle.capacity, handle.num_experts)}")
+    memory = human_bytes(budget.memory) if budget.memory else "not set (capacity given)"
+    err_console.print(f"  memory budget: {memory} ({budget.backend})")
+    mode = "exact" if handle.miss == "exact" else f"{handle.miss} (LOSSY)"
+    err_console.print(f"  mode: {mode}")
