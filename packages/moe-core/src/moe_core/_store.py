@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,21 +47,53 @@ class ExpertStore:
 
     def read(self, bank: BankMap, loads: list[tuple[int, int]], dests: list[np.ndarray]) -> None:
         """Read each `(expert, slot)` of `loads` into row `slot` of every param's byte view."""
+        self.submit(bank, loads, dests).result()
+
+    def submit(
+        self, bank: BankMap, loads: list[tuple[int, int]], dests: list[np.ndarray]
+    ) -> Future[None]:
+        """Start reading `loads` on the reader threads; the future is done when all have landed."""
+        done: Future[None] = Future()
         if not loads:
-            return
+            done.set_result(None)
+            return done
         start = time.perf_counter()
-        if len(loads) == 1:
-            self._read_expert(bank, *loads[0], dests)
-        else:
-            # list() re-raises the first error a reader hit.
-            list(self._pool.map(lambda load: self._read_expert(bank, *load, dests), loads))
-        elapsed = time.perf_counter() - start
-        with self._lock:
-            self.stats.bytes_read += bank.expert_bytes * len(loads)
-            self.stats.read_seconds += elapsed
-            self.stats.experts_read += len(loads)
+        remaining = [len(loads)]
+        errors: list[BaseException] = []
+
+        def finished(future: Future[None]) -> None:
+            with self._lock:
+                if future.exception() is not None:
+                    errors.append(future.exception())
+                remaining[0] -= 1
+                if remaining[0]:
+                    return
+                self.stats.bytes_read += bank.expert_bytes * len(loads)
+                self.stats.read_seconds += time.perf_counter() - start
+                self.stats.experts_read += len(loads)
+            if errors:
+                done.set_exception(errors[0])
+            else:
+                done.set_result(None)
+
+        for expert, slot in loads:
+            self._pool.submit(self._read_expert, bank, expert, slot, dests).add_done_callback(
+                finished
+            )
+        return done
 
     def _read_expert(self, bank: BankMap, expert: int, slot: int, dests: list[np.ndarray]) -> None:
+        if bank.contiguous:
+            # One record per expert (packed layout): one syscall scatters it into every slot tensor.
+            first = bank.params[0]
+            file = first.files[expert]
+            got = os.preadv(self._fds[file], [d[slot] for d in dests], int(first.offsets[expert]))
+            if got != bank.expert_bytes:
+                raise CheckpointError(
+                    f"{file}: expert {expert} of {bank.path} gave {got} of {bank.expert_bytes} bytes "
+                    "(was the file truncated?)"
+                )
+            return
         for param, dest in zip(bank.params, dests, strict=True):
             file = param.files[expert]
             got = os.preadv(self._fds[file], [dest[slot]], int(param.offsets[expert]))
