@@ -18,7 +18,7 @@ from moe_testing._families import Family
 from moe_testing._routing import capture_inputs, random_tokens
 
 # Tokens the routers are calibrated on: enough for their input's mean to a few percent.
-_CALIBRATION_TOKENS = 256
+_CALIBRATION_TOKENS = 512
 
 
 def _rng(seed: int, key: str, *more: int) -> np.random.Generator:
@@ -102,7 +102,7 @@ def calibrate(model: nn.Module, family: Family, *, seed: int, skew: float) -> No
         mu = x.mean(0)
         w = _lean(np.array(weights[name]), mu, 0)  # [E, D]
         # In units of the logits' spread over tokens, so skew means the same at any size.
-        spread = np.float32((x @ w.T).std())
+        spread = np.float32(_matmul_t(x, w).std())
         bias = spread * skew_bias(w.shape[0], skew, seed=seed, layer=layer)
         updates.append((name, _lean(w, mu, bias)))
     head = np.array(weights["lm_head.weight"])  # [V, D]
@@ -113,8 +113,8 @@ def calibrate(model: nn.Module, family: Family, *, seed: int, skew: float) -> No
 class _NumpyExperts:
     """SwitchGLU's forward with the expert matmuls in numpy.
 
-    Calibration only measures, and numpy's BLAS is far faster than MLX's CPU matmul on
-    Linux, which would make a checkpoint with large experts take many seconds to build.
+    Calibration only measures, and MLX's CPU matmul on Linux is slow enough to make a
+    checkpoint with large experts take many seconds to build.
     """
 
     def __init__(self, switch: nn.Module):
@@ -132,11 +132,11 @@ class _NumpyExperts:
         out = np.zeros((*inds.shape, xs.shape[-1]), np.float32)  # [N, k, D]
         for e in np.unique(inds):
             n, j = np.nonzero(inds == e)
-            gate, up = xs[n] @ wg[e].T, xs[n] @ wu[e].T  # [n_e, I]
+            gate, up = _matmul_t(xs[n], wg[e]), _matmul_t(xs[n], wu[e])  # [n_e, I]
             if bg is not None:
                 gate, up = gate + bg[e], up + bu[e]
             h = np.array(self._activation(mx.array(up), mx.array(gate)))
-            out[n, j] = h @ wd[e].T + (bd[e] if bd is not None else 0)
+            out[n, j] = _matmul_t(h, wd[e]) + (bd[e] if bd is not None else 0)
         return mx.array(out).reshape(*indices.shape, -1)
 
 
@@ -144,4 +144,12 @@ def _lean(w: np.ndarray, mu: np.ndarray, bias: np.ndarray | float) -> np.ndarray
     """Rows of `w` [N, D] with their part along `mu` [D] replaced by `bias` [N] / |mu|^2."""
     mu = mu.astype(np.float32)
     inv = mu / np.float32(mu @ mu)
-    return (w - np.outer(w @ inv, mu) + np.outer(bias, inv)).astype(np.float32)
+    return (w - np.outer(_matmul_t(w, inv[None])[:, 0], mu) + np.outer(bias, inv)).astype(
+        np.float32
+    )
+
+
+def _matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a [N, D] @ b[M, D].T without BLAS: its threads can crawl on a busy machine, and one
+    thread gives the same bits on any number of cores."""
+    return np.einsum("nd,md->nm", a, b)
