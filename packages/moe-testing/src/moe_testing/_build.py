@@ -10,7 +10,9 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+import mlx_lm
 from mlx.utils import tree_flatten, tree_map_with_path
+from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import _get_classes, get_total_parameters, quantize_model, save_config
 
 from moe_testing._families import FAMILY
@@ -61,7 +63,7 @@ def build_checkpoint(spec: CheckpointSpec, out_dir: str | os.PathLike[str]) -> P
 
     model_dir = Path(out_dir) / spec.name
     model_dir.mkdir(parents=True, exist_ok=True)
-    _write_shards(model_dir, shards, hf_form=hf_form, total_parameters=_parameters(model))
+    _write_shards(model_dir, shards, hf_form=hf_form, total_parameters=get_total_parameters(model))
     if hf_form:
         # transformers' `save_pretrained` writes sorted keys with an indent of 2.
         text = json.dumps(config, indent=2, sort_keys=True) + "\n"
@@ -72,10 +74,8 @@ def build_checkpoint(spec: CheckpointSpec, out_dir: str | os.PathLike[str]) -> P
     return model_dir
 
 
-def reference_model(path: str | os.PathLike[str]) -> tuple[nn.Module, object]:
+def reference_model(path: str | os.PathLike[str]) -> tuple[nn.Module, TokenizerWrapper]:
     """The unmodified mlx-lm model and tokenizer of a checkpoint: `mlx_lm.load(str(path))`."""
-    import mlx_lm
-
     return mlx_lm.load(str(path))
 
 
@@ -83,16 +83,11 @@ def _cast(model: nn.Module, dtype: mx.Dtype) -> None:
     # As mlx_lm.convert casts to the config's torch_dtype, keeping what the model exempts
     # (DeepSeek's e_score_correction_bias stays float32).
     keep = getattr(model, "cast_predicate", lambda _: True)
-    model.update(
-        tree_map_with_path(
-            lambda k, v: v.astype(dtype) if keep(k) and mx.issubdtype(v.dtype, mx.floating) else v,
-            model.parameters(),
-        )
-    )
 
+    def cast(path: str, w: mx.array) -> mx.array:
+        return w.astype(dtype) if keep(path) and mx.issubdtype(w.dtype, mx.floating) else w
 
-def _parameters(model: nn.Module) -> int:
-    return get_total_parameters(model)
+    model.update(tree_map_with_path(cast, model.parameters()))
 
 
 def _write_shards(

@@ -40,16 +40,18 @@ class Family:
     # stacks into `gate_proj`, `up_proj`, `down_proj`; None where `sanitize` cannot stack them.
     hf_projections: dict[str, str] | None = None
     min_layers: int = 1
-    # DeepSeek's grouped routing: (n_group, topk_group), which bound the expert count and top-k.
+    # DeepSeek's grouped routing: (n_group, topk_group), which bound the expert count and
+    # top-k. Its router (MoEGate) returns the chosen experts itself.
     expert_groups: tuple[int, int] | None = None
-    # The router's top-k expert indices for hidden states `x`.
-    route: Callable[[nn.Module, mx.array, int], mx.array] | None = None
 
-    def experts_prefix(self, layer: int) -> str:
-        return f"model.layers.{layer}.{self.moe_block}.{self.experts}"
-
-    def hf_experts_prefix(self, layer: int) -> str:
-        return f"model.layers.{layer}.{self.moe_block}.experts"
+    def route(self, block: nn.Module, x: mx.array, k: int) -> mx.array:
+        """The experts `block`'s router picks for its inputs `x` [N, D]: [N, k] indices."""
+        if self.expert_groups is not None:
+            inds, _ = block[self.router](x)  # sigmoid, correction bias, groups, top-k
+            return inds
+        # Softmax keeps the order of the logits, so their top-k is the routing.
+        logits = block[self.router](x)  # [N, E]
+        return mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]
 
     def router_weight(self, layer: int) -> str:
         return f"model.layers.{layer}.{self.moe_block}.{self.router}.weight"
@@ -295,19 +297,10 @@ def _olmoe(g: Geometry) -> dict:
     }
 
 
-def _softmax_topk(router: str) -> Callable[[nn.Module, mx.array, int], mx.array]:
-    # Softmax keeps the order of the logits, so the top-k of the logits is the routing.
-    def route(block: nn.Module, x: mx.array, k: int) -> mx.array:
-        logits = getattr(block, router)(x)  # [N, E]
-        return mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]  # [N, k]
-
-    return route
-
-
-def _moe_gate_topk(block: nn.Module, x: mx.array, k: int) -> mx.array:
-    # DeepSeek's MoEGate does the sigmoid, the correction bias and the group choice itself.
-    inds, _ = block.gate(x)
-    return inds
+def _small(num_layers: int, num_experts: int, top_k: int) -> Geometry:
+    return Geometry(
+        num_layers, hidden_size=64, moe_intermediate_size=64, num_experts=num_experts, top_k=top_k
+    )
 
 
 FAMILY = {
@@ -315,60 +308,53 @@ FAMILY = {
     for f in (
         Family(
             "qwen3_moe",
-            Geometry(2, 64, 64, 16, 4),
+            _small(2, 16, 4),
             _qwen3_moe,
             hf_projections=_QWEN_PROJECTIONS,
-            route=_softmax_topk("gate"),
         ),
         Family(
             "qwen3_next",
-            Geometry(4, 64, 64, 16, 4),
+            _small(4, 16, 4),
             _qwen3_next,
             hf_projections=_QWEN_PROJECTIONS,
             min_layers=2,
-            route=_softmax_topk("gate"),
         ),
         Family(
             "qwen2_moe",
-            Geometry(2, 64, 64, 8, 2),
+            _small(2, 8, 2),
             _qwen2_moe,
             hf_projections=_QWEN_PROJECTIONS,
-            route=_softmax_topk("gate"),
         ),
         Family(
             "mixtral",
-            Geometry(2, 64, 64, 8, 2),
+            _small(2, 8, 2),
             _mixtral,
             moe_block="block_sparse_moe",
             hf_projections={"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"},
-            route=_softmax_topk("gate"),
         ),
         Family(
             "deepseek_v3",
-            Geometry(3, 64, 64, 16, 4),
+            _small(3, 16, 4),
             _deepseek_v3,
             hf_projections=_QWEN_PROJECTIONS,
             min_layers=2,
             expert_groups=_DEEPSEEK_GROUPS,
-            route=_moe_gate_topk,
         ),
         Family(
             # The original checkpoint fuses gate and up of all experts into one MXFP4 tensor,
             # so there is no per-expert form to write.
             "gpt_oss",
-            Geometry(2, 64, 64, 8, 2),
+            _small(2, 8, 2),
             _gpt_oss,
             experts="experts",
             router="router",
             min_layers=2,
-            route=_softmax_topk("router"),
         ),
         Family(
             "olmoe",
-            Geometry(2, 64, 64, 16, 4),
+            _small(2, 16, 4),
             _olmoe,
             hf_projections=_QWEN_PROJECTIONS,
-            route=_softmax_topk("gate"),
         ),
     )
 }
