@@ -19,7 +19,7 @@ import numpy as np
 
 from ._cache import ExpertCache
 from ._checkpoint import BankMap
-from ._store import ExpertStore, slot_tensor
+from ._store import ExpertStore, slot_tensor, upload
 
 TraceHook = Callable[[int, np.ndarray], None]
 
@@ -51,12 +51,24 @@ class Layer:
     stats: LayerStats = field(default_factory=LayerStats)
     lookahead: Lookahead | None = None  # predicts the next MoE layer's experts from this input
     pending: Future[None] | None = None  # reads started ahead of this layer's step
+    staged: list[tuple[nn.Module, str]] | None = (
+        None  # (projection, param) to upload, when not direct
+    )
+    unsent: list[int] = field(default_factory=list)  # staged slots read but not uploaded yet
 
     def wait(self) -> None:
         """Let reads started by the previous layer's lookahead land before computing."""
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.result()
+        self._upload()
+
+    def _upload(self) -> None:
+        if self.staged is None or not self.unsent:
+            return
+        slots, self.unsent = self.unsent, []
+        for (proj, name), host in zip(self.staged, self.dests, strict=True):
+            upload(getattr(proj, name), host, slots)
 
     def prefetch(self, experts: np.ndarray) -> None:
         """Start reading `experts` in the background; `wait` joins them."""
@@ -65,6 +77,8 @@ class Layer:
         if loads:
             self.stats.bytes_read += self.map.expert_bytes * len(loads)
             self.pending = self.store.submit(self.map, loads, self.dests)
+            if self.staged is not None:
+                self.unsent.extend(slot for _, slot in loads)
 
     def load(self, loads: list[tuple[int, int]]) -> None:
         if not loads:
@@ -73,6 +87,9 @@ class Layer:
         self.store.read(self.map, loads, self.dests)
         self.stats.bytes_read += self.map.expert_bytes * len(loads)
         self.stats.read_seconds += self.store.stats.read_seconds - before
+        if self.staged is not None:
+            self.unsent.extend(slot for _, slot in loads)
+            self._upload()
 
 
 @dataclass(slots=True)
@@ -147,16 +164,17 @@ class OffloadedBank(nn.Module):
 
     @staticmethod
     def install(
-        bank: nn.Module, bank_map: BankMap, cache: ExpertCache, store: ExpertStore
+        bank: nn.Module, bank_map: BankMap, cache: ExpertCache, store: ExpertStore, *, direct: bool
     ) -> Layer:
         """Swap the bank's per-expert weights for slot tensors; returns the layer state."""
-        dests = []
+        dests, staged = [], []
         for param in bank_map.params:
             proj, name = param.name.split(".", 1)
-            slots, host = slot_tensor(cache.capacity, param.shape, param.dtype)
+            slots, host = slot_tensor(cache.capacity, param.shape, param.dtype, direct=direct)
             setattr(getattr(bank, proj), name, slots)
             dests.append(host)
-        return Layer(bank_map, cache, store, dests)
+            staged.append((getattr(bank, proj), name))
+        return Layer(bank_map, cache, store, dests, staged=None if direct else staged)
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         layer = self._layer

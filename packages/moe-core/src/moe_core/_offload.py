@@ -241,7 +241,7 @@ def offload(
     layers = []
     for (path, bank), bank_map, slots in zip(banks, maps, budget.capacity, strict=True):
         cache = ExpertCache(bank_map.num_experts, slots, policy)
-        layer = OffloadedBank.install(bank, bank_map, cache, store)
+        layer = OffloadedBank.install(bank, bank_map, cache, store, direct=backend.unified_memory)
         layer.miss, layer.trace = miss, trace
         parent, name = _parent(model, path)
         if miss == "skip":

@@ -113,14 +113,22 @@ class ExpertStore:
 
 
 def slot_tensor(
-    capacity: int, shape: tuple[int, ...], dtype: mx.Dtype
+    capacity: int, shape: tuple[int, ...], dtype: mx.Dtype, *, direct: bool = True
 ) -> tuple[mx.array, np.ndarray]:
-    """A zeroed `[capacity, *shape]` array and a writable `[capacity, nbytes]` uint8 view of its
-    memory, so experts are read straight into the buffer MLX computes on."""
+    """A zeroed `[capacity, *shape]` array and a writable `[capacity, nbytes]` host byte buffer.
+
+    With `direct` (unified memory: CPU, Metal) the buffer is a view of the array's own memory, so
+    experts are read straight into what MLX computes on. Otherwise (CUDA) it is a host staging
+    mirror whose rows `upload` copies to the device in one batch.
+    """
     array = mx.zeros((capacity, *shape), dtype=dtype)
+    mx.eval(array)
+    if not direct:
+        nbytes = array.nbytes // capacity
+        return array, np.zeros((capacity, nbytes), dtype=np.uint8)
     # numpy has no bfloat16: look at those bits as uint16 (a view of the same buffer).
     viewed = array.view(mx.uint16) if dtype == mx.bfloat16 else array
-    mx.eval(array, viewed)
+    mx.eval(viewed)
     host = np.array(viewed, copy=False).reshape(capacity, -1).view(np.uint8)
     # The view must alias MLX's buffer; a copy would silently compute on zeros.
     host[0, :1] = 1
@@ -129,3 +137,11 @@ def slot_tensor(
     if not aliased:
         raise RuntimeError("this MLX backend does not expose array memory to the host for writing")
     return array, host
+
+
+def upload(array: mx.array, host: np.ndarray, slots: list[int]) -> mx.array:
+    """`array` with rows `slots` replaced by the host mirror's bytes, as one batched copy."""
+    index = np.asarray(slots, dtype=np.int64)
+    rows = mx.array(host[index]).view(array.dtype).reshape(len(slots), *array.shape[1:])
+    array[mx.array(index)] = rows
+    return array
