@@ -262,7 +262,7 @@ def test_overrides_reach_the_config_and_make_large_experts(moe_checkpoint):
         ({"family": "llama"}, "unknown family 'llama'"),
         ({"family": "mixtral", "layout": "sharded"}, "unknown layout"),
         ({"family": "mixtral", "precision": "q3"}, "unknown precision"),
-        ({"family": "mixtral", "layout": "per_expert"}, "unquantized"),
+        ({"family": "mixtral", "layout": "per_expert"}, "never writes quantized"),
         ({"family": "gpt_oss", "layout": "per_expert", "precision": "f32"}, "fuses"),
         ({"family": "mixtral", "top_k": 9}, "cannot exceed num_experts"),
         ({"family": "mixtral", "hidden_size": 96}, "multiple of the quantization group"),
