@@ -52,10 +52,12 @@ def routing_counts(
 ) -> np.ndarray:
     """How often each expert of each MoE layer is picked: `[num_moe_layers, E]` counts.
 
-    Runs the model on `num_tokens` random token ids in sequences of `seq_len` and routes what
-    each router received, so the device must be able to run the model (on CPU: any precision
-    but unquantized bf16). Each layer picks `num_experts_per_tok` experts per token.
+    Runs the model on `num_tokens` random token ids, in whole sequences of `seq_len`, and
+    routes what each router received, so the device must be able to run the model (on CPU:
+    any precision but unquantized bf16). Each layer picks `num_experts_per_tok` per token.
     """
+    if model.model_type not in FAMILY:
+        raise ValueError(f"no routing for model type {model.model_type!r}; known: {list(FAMILY)}")
     family = FAMILY[model.model_type]
     blocks = [family.moe_block_of(model, i) for i in family.moe_layers(model)]
     tokens = random_tokens(model.args.vocab_size, num_tokens, seq_len, seed)

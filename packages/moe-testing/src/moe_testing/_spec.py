@@ -79,8 +79,8 @@ class CheckpointSpec:
                 )
             if self.quantized:
                 raise ValueError(
-                    f"layout {self.layout!r} is the original HF form, which is unquantized: "
-                    f"use precision 'bf16' or 'f32', not {self.precision!r}"
+                    f"layout {self.layout!r} is the HF per-expert form, which mlx-lm never "
+                    f"writes quantized: use precision 'bf16' or 'f32', not {self.precision!r}"
                 )
         _check_geometry(self.family, family, self.geometry, self.quantized)
 

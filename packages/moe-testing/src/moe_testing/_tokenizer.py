@@ -171,6 +171,7 @@ def tokenizer_json() -> str:
     return tokenizer.to_str(pretty=True)
 
 
+@functools.cache
 def token_id(token: str) -> int:
     return Tokenizer.from_str(tokenizer_json()).token_to_id(token)
 

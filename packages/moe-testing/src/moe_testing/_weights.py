@@ -26,7 +26,10 @@ def _rng(seed: int, key: str, *more: int) -> np.random.Generator:
 
 
 def _uniform(rng: np.random.Generator, shape: tuple[int, ...], bound: float) -> np.ndarray:
-    return (rng.random(shape, dtype=np.float32) * 2 - 1) * np.float32(bound)
+    w = rng.random(shape, dtype=np.float32)  # U[0, 1), scaled in place: experts can be large
+    w *= np.float32(2 * bound)
+    w -= np.float32(bound)
+    return w
 
 
 def _draw(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
