@@ -1,11 +1,16 @@
-"""Where the demo model that ships with the package lives."""
+"""Where the demo model that moe-runtime ships lies."""
 
-from __future__ import annotations
-
-from importlib.resources import files
+from importlib import resources
 from pathlib import Path
 
 
 def demo_model_path() -> Path:
-    """The directory of the small demo model shipped as package data."""
-    return Path(str(files("moe_runtime") / "demo"))
+    """The folder of the shipped demo model, ready for `mlx_lm.load`.
+
+    A small qwen2_moe trained on Python source (see training/README.md in the repository).
+    """
+    folder = resources.files("moe_runtime") / "demo"
+    path = Path(str(folder))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"the demo model is missing from {path}: reinstall moe-runtime")
+    return path
