@@ -1,10 +1,10 @@
 """Load on `moe serve`: 16 concurrent streaming clients against a fixture model.
 
-    uv run python benchmarks/server_load.py [--model DIR] [--clients 16] [--requests 4]
+    uv run python benchmarks/server_load.py [--model DIR] [--capacity 4] [--clients 16] [--requests 4]
 
-Without --model it builds the server tests' tiny random qwen3_moe checkpoint. The provider is
-a plain mlx-lm model behind the Session interface (the server tests' ModelProvider), so the
-figures measure the server (queue, worker thread, streaming), not expert offloading.
+Without --model it builds the server tests' tiny random qwen3_moe checkpoint. The provider is a
+real `moe_runtime.Session` with its experts offloaded (--capacity slots per layer, fewer than the
+layer's experts), so every figure includes expert reads, the prefix cache and the worker thread.
 Writes benchmarks/results/server_load.json: requests per minute and p50/p95 time to first token.
 """
 
@@ -27,9 +27,9 @@ import uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "packages" / "moe-server" / "tests"))
-from _fixture_model import build  # noqa: E402
-from _providers import ModelProvider  # noqa: E402
+from _fixture_model import CAPACITY, build  # noqa: E402
 
+from moe_runtime import Session  # noqa: E402
 from moe_server import create_app  # noqa: E402
 
 
@@ -61,6 +61,7 @@ def one_request(url: str, i: int, max_tokens: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path)
+    parser.add_argument("--capacity", type=int, default=CAPACITY, help="expert slots per layer")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -74,7 +75,8 @@ def main() -> None:
         model = Path(tempfile.mkdtemp()) / "tiny-moe"
         model.mkdir()
         build(model)
-    app = create_app(ModelProvider(model), max_queue=args.clients)
+    session = Session(model, capacity=args.capacity, warm_start=False)
+    app = create_app(session, max_queue=args.clients)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -96,6 +98,8 @@ def main() -> None:
     health = httpx.get(url + "/health").json()
     server.should_exit = True
     thread.join(10)
+    stats = session.stats()
+    session.close()
 
     ok = [r for r in results if r["status"] == 200]
     ttfts = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
@@ -110,7 +114,11 @@ def main() -> None:
         "model": "tiny random qwen3_moe fixture (2 layers, 8 experts, q4)"
         if args.model is None
         else str(args.model.name),
-        "provider": "mlx-lm model behind the Session interface (server tests' ModelProvider)",
+        "provider": "moe_runtime.Session, experts offloaded",
+        "capacity": session.handle.capacity,
+        "num_experts": session.handle.num_experts,
+        "expert_hit_rate": round(stats["hit_rate"], 4),
+        "expert_misses": stats["misses"],
         "clients": args.clients,
         "requests": len(results),
         "max_tokens": args.max_tokens,

@@ -83,3 +83,90 @@ def test_profile_of_another_model_is_refused(profile_file, tmp_path):
     file.write_text(json.dumps({**data, "fingerprint": "f" * 16}))
     with pytest.raises(ProfileError, match="profile is for"):
         Session(path, capacity=6, profile=file, cache_dir=tmp_path)
+
+
+# -- a real profile, measured on a trace of the same fixture --------------------------------------
+
+PROMPTS = [
+    [{"role": "user", "content": "hello how are you today"}],
+    [{"role": "user", "content": "the cat sat on the mat"}],
+    [{"role": "user", "content": "what is your name"}],
+]
+
+
+@pytest.fixture(scope="module")
+def real_profile(checkpoint, tmp_path_factory):
+    """A moe_profiles.Profile made from a recorded trace of this fixture's routing."""
+    path = checkpoint("qwen3_moe")
+    out = tmp_path_factory.mktemp("profile")
+    with Session(path, capacity=16, warm_start=False, cache_dir=out) as s:
+        recorder = moe_profiles.TraceRecorder.attach(s.handle, fingerprint=s.fingerprint, top_k=4)
+        for i, prompt in enumerate(PROMPTS):
+            recorder.segment(f"p{i}")
+            s.generate(prompt, max_tokens=16)
+        profile = moe_profiles.Profile.from_trace(recorder.trace())
+    return path, profile.save(out / "profile.json"), profile
+
+
+def first_misses(path, cache_dir, tokens: int, **kw) -> int:
+    with Session(path, capacity=6, warm_start=False, cache_dir=cache_dir, **kw) as s:
+        s.generate(PROMPTS[0], max_tokens=tokens)
+        return s.stats()["misses"]
+
+
+def test_a_profile_means_fewer_misses_over_the_first_tokens(ref, real_profile, tmp_path):
+    path, file, profile = real_profile
+    without = first_misses(path, tmp_path, 8)
+    with_profile = first_misses(path, tmp_path, 8, profile=file)
+    assert with_profile < without
+    with Session(path, capacity=6, profile=file, warm_start=False, cache_dir=tmp_path) as s:
+        assert sum(s.handle.capacity) == 24 and s.handle.capacity == profile.capacities(24)
+        assert ref.run(s, PROMPTS[1], 8) == ref.tokens(path, PROMPTS[1], 8)
+
+
+@pytest.fixture
+def steady_backend(tmp_path):
+    """A CPU backend whose process memory stays put, so two sessions plan alike; MLX's limits
+    (which a memory budget sets) are put back afterwards."""
+    import mlx.core as mx
+
+    import moe_core
+
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text("MemTotal: 25000000 kB\nMemAvailable: 20000000 kB\n")
+    (proc / "self" / "status").write_text("VmRSS:\t51200 kB\nVmHWM:\t51200 kB\n")
+    (proc / "self" / "cgroup").write_text("0::/\n")
+    memory = mx.get_memory_limit()
+    cache = mx.set_cache_limit(mx.get_memory_limit())
+    yield moe_core.CPUBackend(proc=proc, cgroup=tmp_path / "cgroup")
+    mx.set_memory_limit(memory)
+    mx.set_cache_limit(cache)
+
+
+def test_profile_capacities_under_a_memory_budget(ref, real_profile, tmp_path, steady_backend):
+    import moe_core
+
+    path, file, profile = real_profile
+    kw = dict(warm_start=False, cache_dir=tmp_path, backend=steady_backend)
+    with Session(path, capacity=6, **kw) as probe:
+        b = probe.handle.budget
+        fixed = b.base_bytes + b.dense_bytes + b.scratch_bytes + b.reserve_bytes
+        per_slot = sum(b.expert_bytes)
+        expert_bytes = b.expert_bytes
+    memory = fixed + 6 * per_slot + per_slot // 2  # room for 6 slots in every layer
+    plain = moe_core.Budget
+    with Session(path, memory=memory, **kw) as s:
+        uniform = s.handle.capacity
+        assert uniform == [6] * 4
+    with Session(path, memory=memory, profile=file, **kw) as s:
+        caps = s.handle.capacity
+        budget = s.handle.budget
+        assert isinstance(budget, plain) and budget.memory == memory
+        assert "by the profile" in budget.reason
+        assert sum(caps) == sum(uniform) and caps == profile.capacities(sum(uniform))
+        assert caps != uniform  # the profile moved slots between layers
+        assert all(4 <= c <= 16 for c in caps)
+        used = sum(c * e for c, e in zip(caps, expert_bytes, strict=True))
+        assert used <= sum(c * e for c, e in zip(uniform, expert_bytes, strict=True))
+        assert ref.run(s, PROMPTS[2], 8) == ref.tokens(path, PROMPTS[2], 8)

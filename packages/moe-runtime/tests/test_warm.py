@@ -30,18 +30,29 @@ def test_second_start_is_warm_and_answers_the_same(ref, checkpoint, want, tmp_pa
     first, warned = start(path, tmp_path)
     assert not warned and first.stats()["session"]["warm_start"]["restored"] is False
     assert ref.run(first, MESSAGES, 10) == want
-    resident = first.handle.resident()
     first.close()
     files = list((tmp_path / "warm").glob("*.json"))
     assert [f.name for f in files] == [f"{first.fingerprint}.json"]
+    counts = json.loads(files[0].read_text())["counts"]
+    # 4 choices per layer for every token fed: the prompt and the 10 generated (mlx-lm feeds
+    # the last one too, computing a token ahead).
+    prompt = len(first.encode_prompt(MESSAGES))
+    assert [sum(c) for c in counts] == [4 * (prompt + 10)] * 4
 
     second, warned = start(path, tmp_path)
     with second:
         warm = second.stats()["session"]["warm_start"]
-        assert not warned and warm["restored"] is True
-        assert warm["prefetched"] == sum(len(ids) for ids in resident)
-        assert second.handle.resident() == resident
+        assert not warned and warm["restored"] is True and warm["prefetched"] > 0
+        for layer, resident in enumerate(second.handle.resident()):
+            used = [c for c in counts[layer] if c > 0]
+            assert len(resident) == min(6, len(used))
+            # Every expert chosen more often than the 6th most chosen one is loaded.
+            sixth = sorted(counts[layer], reverse=True)[5]
+            assert {e for e, c in enumerate(counts[layer]) if c > sixth} <= resident
         assert ref.run(second, MESSAGES, 10) == want
+    # Counts carry over, the older half-weighted.
+    again = json.loads(files[0].read_text())["counts"]
+    assert [sum(c) for c in again] > [sum(c) for c in counts]
 
 
 def _saved(path, tmp_path):
@@ -52,7 +63,16 @@ def _saved(path, tmp_path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["garbage", "truncated", "versions", "fingerprint", "expert_out_of_range", "too_many"],
+    [
+        "garbage",
+        "truncated",
+        "versions",
+        "fingerprint",
+        "expert_out_of_range",
+        "too_many",
+        "negative_count",
+        "counts_short",
+    ],
 )
 def test_bad_state_means_a_cold_start_and_one_warning(ref, checkpoint, want, tmp_path, damage):
     path = checkpoint("qwen3_moe")
@@ -69,6 +89,10 @@ def test_bad_state_means_a_cold_start_and_one_warning(ref, checkpoint, want, tmp
             data["key"]["fingerprint"] = "0" * 16
         elif damage == "expert_out_of_range":
             data["resident"][0] = [999]
+        elif damage == "negative_count":
+            data["counts"][2][0] = -1
+        elif damage == "counts_short":
+            data["counts"][3] = data["counts"][3][:-1]
         else:
             data["resident"][1] = list(range(16))
         state.write_text(json.dumps(data))
@@ -97,4 +121,4 @@ def test_state_is_written_atomically(checkpoint, tmp_path):
     state = _saved(path, tmp_path)
     leftovers = [p for p in state.parent.iterdir() if p != state]
     assert leftovers == []
-    assert json.loads(state.read_text())["format"] == 1
+    assert json.loads(state.read_text())["format"] == 2

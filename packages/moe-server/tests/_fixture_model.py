@@ -31,6 +31,8 @@ CHAT_TEMPLATE = """\
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 ADDED = ["<tool_call>", "</tool_call>"]
+NUM_EXPERTS = 8
+CAPACITY = 4  # expert slots per layer the server tests' session keeps: half of them
 
 
 def build(out: Path) -> Path:
@@ -51,7 +53,7 @@ def build(out: Path) -> Path:
         num_hidden_layers=2,
         intermediate_size=128,
         num_attention_heads=4,
-        num_experts=8,
+        num_experts=NUM_EXPERTS,
         num_experts_per_tok=2,
         decoder_sparse_step=1,
         mlp_only_layers=[],

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny model, providers over it, and a real uvicorn server on a free port."""
+"""Shared fixtures: a tiny model, a real `moe_runtime.Session` over it with its experts offloaded,
+the unmodified mlx-lm model to compare with, and a real uvicorn server on a free port."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import threading
 import time
 from pathlib import Path
 
+import mlx_lm
 import pytest
 import uvicorn
 
+from moe_runtime import Session
 from moe_server import create_app
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _fixture_model import build
-from _providers import ModelProvider
+from _fixture_model import CAPACITY, build
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +28,20 @@ def model_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def provider(model_path) -> ModelProvider:
-    return ModelProvider(model_path)
+def provider(model_path, tmp_path_factory):
+    """The real runtime, offloaded: fewer expert slots per layer than the layer has experts."""
+    session = Session(model_path, capacity=CAPACITY, cache_dir=tmp_path_factory.mktemp("cache"))
+    assert all(
+        c < e for c, e in zip(session.handle.capacity, session.handle.num_experts, strict=True)
+    )
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="session")
+def reference(model_path):
+    """The unmodified model and tokenizer, loaded by mlx-lm itself."""
+    return mlx_lm.load(str(model_path))
 
 
 def _free_port() -> int:

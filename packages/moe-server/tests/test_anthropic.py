@@ -6,6 +6,7 @@ import json
 
 import anthropic
 import httpx
+import mlx_lm
 import pytest
 from _providers import ScriptedProvider
 
@@ -17,7 +18,7 @@ def client(server):
     return anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
 
 
-def test_message_reports_text_stop_reason_and_usage(client, provider):
+def test_message_reports_text_stop_reason_and_usage(client, provider, reference):
     reply = client.messages.create(
         model="claude-test-model", max_tokens=8, messages=USER, system="Be brief."
     )
@@ -27,6 +28,8 @@ def test_message_reports_text_stop_reason_and_usage(client, provider):
     ids = provider.encode_prompt([{"role": "system", "content": "Be brief."}, *USER])
     assert reply.usage.input_tokens == len(ids)
     assert reply.usage.output_tokens == 8
+    model, tokenizer = reference
+    assert reply.content[0].text == mlx_lm.generate(model, tokenizer, ids, max_tokens=8)
 
 
 def test_system_blocks_and_content_blocks_equal_plain_strings(client):

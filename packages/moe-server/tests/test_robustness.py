@@ -202,6 +202,22 @@ def test_disconnect_cancels_the_generation_and_health_answers_meanwhile(serve_ap
     )  # byte-level tokens
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/messages"])
+def test_disconnect_cancels_a_non_streaming_generation(serve_app, provider, path):
+    slow = ScriptedProvider(provider, delay=0.02)
+    server = serve_app(slow)
+    body = {"model": "m", "max_tokens": 500}
+    body |= {"prompt": "hi"} if path == "/v1/completions" else {"messages": CHAT}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + path, json=body, timeout=0.5)  # gives up, closing the socket
+    deadline = time.monotonic() + 10
+    while slow.closed == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # 500 tokens take 10 s; the worker stopped soon after the client left.
+    assert slow.closed == 1 and slow.yielded < 150
+    assert httpx.get(server.url + "/health").json()["running"] == 0
+
+
 def test_sixteen_clients_are_answered_or_refused_cleanly(serve_app, provider):
     slow = ScriptedProvider(provider, delay=0.01)
     server = serve_app(slow, max_queue=4)

@@ -21,7 +21,16 @@ from ._kv import plan_kv
 from ._prefix import PromptCache
 from ._resolve import resolve_model
 from ._stops import StopText
-from ._warm import default_cache_dir, load_state, make_key, save_state, state_path
+from ._warm import (
+    UsageCounter,
+    default_cache_dir,
+    load_state,
+    make_key,
+    prefetch_all,
+    save_state,
+    state_path,
+    warm_set,
+)
 
 Prompt = str | list[dict] | list[int]
 
@@ -59,28 +68,40 @@ class Session:
         )
         self.kv = plan_kv(self.model, config, max_context=max_context, kv_bits=kv_bits)
         self.fingerprint = moe_core.fingerprint(self.model_path)
+        memory = moe_core.parse_size(memory) if memory is not None else None
         self.profile = None
+        plan = None
         if profile is not None:
             from ._profile import load_profile, profile_capacity
 
             self.profile = load_profile(profile, self.fingerprint)
-            if isinstance(capacity, int):
-                layers = len(moe_core.describe(self.model, self.model_path).banks)
-                capacity = profile_capacity(self.profile, capacity, layers)
+            if not isinstance(capacity, list):  # one number of slots, a memory budget, or neither
+                geometry = moe_core.describe(self.model, self.model_path)
+                plan = moe_core.plan_budget(
+                    geometry,
+                    capacity=capacity,
+                    memory=memory,
+                    reserve=self.kv.reserve_bytes,
+                    backend=backend,
+                )
+                capacity = profile_capacity(self.profile, plan, geometry, _top_k(config))
         self.handle = moe_core.offload(
             self.model,
             self.model_path,
             capacity=capacity,
-            memory=moe_core.parse_size(memory) if memory is not None else None,
+            memory=memory if plan is None else None,
             policy=policy,
             miss=miss,
             reserve=self.kv.reserve_bytes,
             backend=backend,
         )
+        if plan is not None:
+            self._apply_plan(plan)
         mx.eval(self.model.parameters())  # non-expert weights; expert slots are already there
         self._top_k = _top_k(config)
         self._warm_path = None
         self._warm_key = None
+        self._usage: UsageCounter | None = None
         self._warm = {"enabled": warm_start, "restored": False, "prefetched": 0}
         if warm_start:
             digest = None
@@ -107,26 +128,41 @@ class Session:
 
     # -- start ------------------------------------------------------------------------------
 
+    def _apply_plan(self, plan: moe_core.Budget) -> None:
+        """The profile spread the plan's slots over the layers: keep the plan's memory limit and
+        say so in the budget `stats()` reports."""
+        if plan.memory is not None:
+            self.handle.backend.set_limits(plan.memory)
+        self.handle.budget = dataclasses.replace(
+            plan,
+            capacity=tuple(self.handle.capacity),
+            reason=f"{plan.reason}; spread over the layers by the profile",
+        )
+
     def _start_experts(self) -> None:
-        """Load the experts the first request will likely need: the saved resident set, else
-        the profile's hot experts, else those a short prompt routes to."""
+        """Before the first request: run a short prompt once (MLX's first call is slow, and it
+        loads what a greeting routes to), apply the profile, then load the experts the saved
+        state says are used most, all layers in one batch, so the first prefill reads less."""
+        try:
+            tokens = self.encode_prompt([{"role": "user", "content": _WARMUP_TEXT}])
+        except ValueError:  # no chat template
+            tokens = self.encode_prompt(_WARMUP_TEXT)
+        mx.eval(self.model(mx.array(tokens)[None], cache=make_prompt_cache(self.model)))
         if self.profile is not None:
             from ._profile import apply_profile
 
             self._warm["prefetched"] += apply_profile(self.handle, self.profile, self._top_k)
-        if self._warm_path is not None:
-            resident = load_state(self._warm_path, self._warm_key, self.handle.num_experts)
-            if resident is not None:
-                layers = {i: ids for i, ids in enumerate(resident) if ids}
-                self._warm["prefetched"] += self.handle.prefetch(layers)
-                self._warm["restored"] = True
-                return
-        if self.profile is None:
-            try:
-                tokens = self.encode_prompt([{"role": "user", "content": _WARMUP_TEXT}])
-            except ValueError:  # no chat template
-                tokens = self.encode_prompt(_WARMUP_TEXT)
-            mx.eval(self.model(mx.array(tokens)[None], cache=make_prompt_cache(self.model)))
+        if self._warm_path is None:
+            return
+        state = load_state(self._warm_path, self._warm_key, self.handle.num_experts)
+        # Count what this session's requests choose (the warm-up above is not counted). A trace
+        # hook set later by the caller (moe_profiles.TraceRecorder) replaces this one.
+        self._usage = UsageCounter(self.handle.num_experts, state.counts if state else None)
+        self.handle.set_trace(self._usage)
+        if state is not None:
+            layers = warm_set(state, self.handle.capacity, self.handle.pinned())
+            self._warm["prefetched"] += prefetch_all(self.handle, layers)
+            self._warm["restored"] = True
 
     # -- prompts ----------------------------------------------------------------------------
 
@@ -282,11 +318,18 @@ class Session:
         return stats
 
     def save_warm_state(self) -> Path | None:
-        """Write the resident expert set for the next start (also done by `close`)."""
+        """Write expert use counts and the resident set for the next start (also `close`)."""
         if self._warm_path is None:
             return None
         summary = {k: v for k, v in self.handle.stats().items() if k not in ("layers", "budget")}
-        save_state(self._warm_path, self._warm_key, self.handle.resident(), summary)
+        assert self._usage is not None
+        save_state(
+            self._warm_path,
+            self._warm_key,
+            self.handle.resident(),
+            self._usage.as_lists(),
+            summary,
+        )
         return self._warm_path
 
     def close(self) -> None:

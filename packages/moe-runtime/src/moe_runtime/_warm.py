@@ -1,5 +1,8 @@
-"""Warm start: the resident expert set, saved when a session closes and loaded back the next time
-the same model starts with the same capacity, profile and package versions.
+"""Warm start: how often each expert was chosen (per MoE layer) and the resident set, saved when
+a session closes; the next start of the same model with the same capacity, profile and package
+versions loads the most chosen experts, up to each layer's slots, before the first request.
+
+Counts carry over from start to start, halved each time, so the warm set follows recent use.
 
 The file is written atomically (a temporary file in the same directory, then `os.replace`). A
 file that does not parse, or whose key does not match, means a cold start and one warning.
@@ -11,11 +14,15 @@ import json
 import os
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-FORMAT = 1
+import numpy as np
+
+FORMAT = 2
+_FORMATS = (1, 2)  # format 1 had the resident set only
 _PACKAGES = ("moe-core", "moe-runtime", "mlx", "mlx-lm")
 
 
@@ -47,13 +54,85 @@ def state_path(cache_dir: Path, key: WarmKey) -> Path:
     return cache_dir / "warm" / f"{key.fingerprint}.json"
 
 
-def load_state(path: Path, key: WarmKey, num_experts: list[int]) -> list[list[int]] | None:
-    """The saved resident sets per MoE layer, or None (no file: silently; a bad one: one warning)."""
+@dataclass(frozen=True, slots=True)
+class WarmState:
+    resident: list[list[int]]  # per MoE layer, the experts resident at close
+    counts: list[list[int]] | None  # per MoE layer and expert, times chosen (decayed)
+
+
+class UsageCounter:
+    """A trace hook (`handle.set_trace`) counting how often each expert of each layer is chosen."""
+
+    def __init__(self, num_experts: list[int], start: list[list[int]] | None = None) -> None:
+        self.counts = [np.zeros(n, dtype=np.int64) for n in num_experts]
+        for counts, old in zip(self.counts, start or [], strict=False):
+            counts += np.asarray(old, dtype=np.int64) // 2  # older use weighs half
+
+    def __call__(self, layer: int, ids: np.ndarray) -> None:
+        counts = self.counts[layer]
+        counts += np.bincount(ids.ravel(), minlength=counts.size)[: counts.size]
+
+    def as_lists(self) -> list[list[int]]:
+        return [c.tolist() for c in self.counts]
+
+
+def warm_set(state: WarmState, capacity: list[int], pinned: list[set[int]]) -> dict[int, list[int]]:
+    """Per layer, the experts to load: most chosen first (resident at close breaks ties), as
+    many as the layer's unpinned slots, never one that was not used."""
+    out = {}
+    for layer, (cap, pins, resident) in enumerate(
+        zip(capacity, pinned, state.resident, strict=True)
+    ):
+        was = set(resident)
+        if state.counts is None:  # format 1: the resident set is all there is
+            counts, used = {}, sorted(was)
+        else:
+            counts = dict(enumerate(state.counts[layer]))
+            used = [e for e, c in counts.items() if c > 0 or e in was]
+        used.sort(key=lambda e: (-counts.get(e, 0), e not in was, e))
+        ids = [e for e in used if e not in pins][: max(0, cap - len(pins))]
+        if ids:
+            out[layer] = ids
+    return out
+
+
+def prefetch_all(handle, layers: dict[int, list[int]], threads: int = 8) -> int:
+    """Load every layer's experts in one batch: layers at once, so the reads overlap instead of
+    waiting for one layer at a time. Each call touches its own layer's cache only."""
+    if not layers:
+        return 0
+    items = list(layers.items())
+    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+        return sum(pool.map(lambda item: prefetch_layer(handle, *item), items))
+
+
+def prefetch_layer(handle, layer: int, ids: list[int]) -> int:
+    """Make all of `ids` resident in `layer` (they must fit next to its pinned experts).
+
+    moe-core's prefetch protects only the experts it loads: making room, it may evict one of
+    `ids` that was already resident. Pinning those for the moment keeps the whole set."""
+    pinned = handle.pinned()[layer]
+    resident = handle.resident()[layer]
+    keep = [e for e in ids if e in resident and e not in pinned]
+    missing = [e for e in ids if e not in resident]
+    if not missing:
+        return 0
+    if keep:
+        handle.pin({layer: keep})
+    try:
+        return handle.prefetch({layer: missing})
+    finally:
+        if keep:
+            handle.unpin({layer: keep})
+
+
+def load_state(path: Path, key: WarmKey, num_experts: list[int]) -> WarmState | None:
+    """The saved state, or None (no file: silently; a bad one: one warning)."""
     if not path.exists():
         return None
     try:
         data = json.loads(path.read_text())
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in _FORMATS:
             raise ValueError(
                 f"unknown format {data.get('format') if isinstance(data, dict) else data!r}"
             )
@@ -61,7 +140,10 @@ def load_state(path: Path, key: WarmKey, num_experts: list[int]) -> list[list[in
             raise ValueError(f"saved for another setup ({_difference(data.get('key'), key)})")
         resident = data["resident"]
         _check_resident(resident, key.capacity, num_experts)
-        return resident
+        counts = data.get("counts")
+        if data["format"] >= 2:
+            _check_counts(counts, num_experts)
+        return WarmState(resident, counts)
     except Exception as e:  # corrupt in any way: start cold, say so once
         warnings.warn(
             f"ignoring warm-start state {path}: {e}; starting cold", WarmStartWarning, stacklevel=3
@@ -69,11 +151,14 @@ def load_state(path: Path, key: WarmKey, num_experts: list[int]) -> list[list[in
         return None
 
 
-def save_state(path: Path, key: WarmKey, resident: list[set[int]], stats: dict) -> None:
+def save_state(
+    path: Path, key: WarmKey, resident: list[set[int]], counts: list[list[int]], stats: dict
+) -> None:
     data = {
         "format": FORMAT,
         "key": key.as_json(),
         "resident": [sorted(ids) for ids in resident],
+        "counts": counts,
         "stats": stats,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +172,16 @@ def save_state(path: Path, key: WarmKey, resident: list[set[int]], stats: dict) 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _check_counts(counts, num_experts: list[int]) -> None:
+    if not isinstance(counts, list) or len(counts) != len(num_experts):
+        raise ValueError(f"counts for {_len(counts)} layers, the model has {len(num_experts)}")
+    for layer, (row, experts) in enumerate(zip(counts, num_experts, strict=True)):
+        if not isinstance(row, list) or len(row) != experts:
+            raise ValueError(f"layer {layer}: counts for {_len(row)} experts, it has {experts}")
+        if not all(isinstance(c, int) and c >= 0 for c in row):
+            raise ValueError(f"layer {layer}: counts must be non-negative integers")
 
 
 def _check_resident(resident, capacity: tuple[int, ...], num_experts: list[int]) -> None:

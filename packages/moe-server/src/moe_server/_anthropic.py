@@ -193,7 +193,7 @@ async def messages(request: Request) -> Response:
     if stream:
         return StreamingResponse(_stream(engine, job, message), media_type="text/event-stream")
     content: list[dict] = []
-    async for event in engine.events(job):
+    async for event in engine.events(job, request):
         if isinstance(event, str):
             if content and content[-1]["type"] == "text":
                 content[-1]["text"] += event

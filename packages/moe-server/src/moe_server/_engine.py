@@ -141,12 +141,17 @@ class Engine:
         )
         return self.worker.submit(job)
 
-    async def events(self, job: Job) -> AsyncIterator[Any]:
+    async def events(self, job: Job, request: Request | None = None) -> AsyncIterator[Any]:
         """The job's text pieces and tool calls, ending with a Finish or a Failure.
 
-        Leaving early (a client that disconnects) cancels the generation in the worker.
+        Leaving early (a streaming client that disconnects) cancels the generation in the
+        worker. A non-streaming endpoint writes nothing until the end, so it passes its
+        `request`: a client that goes away meanwhile is noticed by polling and cancels too.
         """
         done = False
+        watcher = None
+        if request is not None:
+            watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
         try:
             while True:
                 event = await job.events.get()
@@ -159,5 +164,20 @@ class Engine:
                 if done:
                     return
         finally:
+            if watcher is not None:
+                watcher.cancel()
             if not done:
                 job.cancel()
+
+
+DISCONNECT_POLL_S = 0.1
+
+
+async def _cancel_on_disconnect(request: Request, job: Job) -> None:
+    """Set the job's cancel flag (which the worker checks between tokens) once the client of a
+    non-streaming request has disconnected."""
+    while not job.cancelled.is_set():
+        if await request.is_disconnected():
+            job.cancel()
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)

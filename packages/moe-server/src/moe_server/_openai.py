@@ -255,7 +255,7 @@ async def chat_completions(request: Request) -> Response:
             _chat_stream(engine, job, options, meta), media_type="text/event-stream"
         )
     text, calls = [], []
-    async for event in engine.events(job):
+    async for event in engine.events(job, request):
         if isinstance(event, str):
             text.append(event)
         elif isinstance(event, ToolCall):
@@ -361,7 +361,7 @@ async def completions(request: Request) -> Response:
             _completion_stream(engine, job, options, meta), media_type="text/event-stream"
         )
     text = []
-    async for event in engine.events(job):
+    async for event in engine.events(job, request):
         if isinstance(event, str):
             text.append(event)
         elif isinstance(event, Failure):
