@@ -1,0 +1,324 @@
+"""Headline run: the Qwen3-Coder-Next geometry, exact, under a memory budget, next to the
+unmodified mlx-lm model fully resident on the same machine.
+
+    python benchmarks/headline.py all --dir CKPT --memory 16GB --json results/headline.json
+
+`all` builds the checkpoint (qwen3_next: 48 layers x 512 experts, top-10, shared expert, 4-bit,
+~43 GB; expert bytes are random, everything else from mlx-lm's model class), measures the disk,
+then runs each contender in a fresh process with the page cache dropped: the unmodified model
+(where it fits) and moe at the budget. Routing is made skewed like real models': every embedding
+row shares one direction and each expert's router row gets `-skew * log(rank)` along it, so a few
+experts win most tokens; the share the top 20% take is measured from the run's trace and reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GEOMETRY = dict(
+    model_type="qwen3_next", hidden_size=2048, num_hidden_layers=48, intermediate_size=5120,
+    num_attention_heads=16, num_key_value_heads=2, head_dim=256, linear_num_value_heads=32,
+    linear_num_key_heads=16, linear_key_head_dim=128, linear_value_head_dim=128,
+    linear_conv_kernel_dim=4, num_experts=512, num_experts_per_tok=10, decoder_sparse_step=1,
+    shared_expert_intermediate_size=512, mlp_only_layers=[], moe_intermediate_size=512,
+    rms_norm_eps=1e-6, vocab_size=151936, rope_theta=5000000.0, partial_rotary_factor=0.25,
+    max_position_embeddings=262144, norm_topk_prob=True, tie_word_embeddings=False,
+    full_attention_interval=4, quantization={"group_size": 64, "bits": 4},
+)  # fmt: skip
+
+_ST = {"uint32": "U32", "bfloat16": "BF16", "float32": "F32", "float16": "F16"}
+_SHARD = 4 << 30
+
+
+def build(out: Path, *, layers: int, experts: int, skew: float, seed: int = 0) -> Path:
+    """Write the checkpoint; returns the directory. Skips the work when it is already there."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import qwen3_next
+
+    config = dict(GEOMETRY, num_hidden_layers=layers, num_experts=experts)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "config.json").exists() and json.loads((out / "config.json").read_text()) == config:
+        return out
+    mx.random.seed(seed)
+    model = qwen3_next.Model(qwen3_next.ModelArgs.from_dict(config))
+    model.set_dtype(mx.bfloat16)
+    hidden = config["hidden_size"]
+    rng = np.random.default_rng(seed)
+    direction = rng.standard_normal(hidden).astype(np.float32)
+    direction /= np.linalg.norm(direction)
+    # A shared direction in every token's embedding, and per-expert router offsets along it.
+    embed = model.model.embed_tokens.weight
+    model.model.embed_tokens.weight = embed + mx.array(direction * 2.0).astype(embed.dtype)
+    rank = rng.permutation(experts) + 1
+    offsets = -skew * np.log(rank).astype(np.float32)
+    for layer in model.model.layers:
+        gate = layer.mlp.gate
+        gate.weight = gate.weight + mx.array(offsets[:, None] * direction[None, :] * 4.0).astype(
+            gate.weight.dtype
+        )
+    nn.quantize(
+        model,
+        64,
+        4,
+        class_predicate=lambda p, m: hasattr(m, "to_quantized") and not p.endswith("mlp.gate"),
+    )
+    block = rng.integers(0, 2**32, size=64 << 20, dtype=np.uint32)  # reused random expert bytes
+    shards, header, sizes, current = [], {}, [], 0
+    files: list[list[tuple[str, object, tuple, str]]] = [[]]
+    for name, arr in tree_flatten(model.parameters()):
+        nbytes = arr.nbytes
+        if current + nbytes > _SHARD and files[-1]:
+            files.append([])
+            current = 0
+        files[-1].append((name, arr, tuple(arr.shape), _ST[str(arr.dtype).split(".")[-1]]))
+        current += nbytes
+    weight_map = {}
+    total = len(files)
+    for index, entries in enumerate(files):
+        fname = f"model-{index + 1:05d}-of-{total:05d}.safetensors"
+        header, offset = {}, 0
+        for name, arr, shape, dtype in entries:
+            header[name] = {
+                "dtype": dtype,
+                "shape": list(shape),
+                "data_offsets": [offset, offset + arr.nbytes],
+            }
+            offset += arr.nbytes
+            weight_map[name] = fname
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(out / fname, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            for name, arr, _, dtype in entries:
+                if ".switch_mlp." in name:
+                    _write_random(f, arr.nbytes, block, dtype, rng)
+                else:
+                    mx.eval(arr)
+                    view = arr.view(mx.uint16) if arr.dtype == mx.bfloat16 else arr
+                    f.write(np.array(view).tobytes())
+        shards.append(fname)
+        sizes.append(offset)
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map})
+    )
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def _write_random(f, nbytes: int, block, dtype: str, rng) -> None:
+    import numpy as np
+
+    if dtype != "U32":  # scales and biases: small, finite bf16 values
+        f.write(np.full(nbytes // 2, 0x3A80, dtype=np.uint16).tobytes())
+        return
+    raw = block.view(np.uint8)
+    while nbytes:
+        start = int(rng.integers(0, raw.size // 2))
+        n = min(nbytes, raw.size - start)
+        f.write(raw[start : start + n].data)
+        nbytes -= n
+
+
+def drop_page_cache(model: Path) -> None:
+    for path in model.glob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def disk(model: Path, seconds: float = 8.0) -> dict:
+    """Sequential and expert-sized random read speed of the checkpoint's own files, cold."""
+    import numpy as np
+
+    drop_page_cache(model)
+    shards = sorted(model.glob("*.safetensors"))
+    buf = bytearray(64 << 20)
+    start, done = time.perf_counter(), 0
+    fd = os.open(shards[len(shards) // 2], os.O_RDONLY)
+    while time.perf_counter() - start < seconds / 2:
+        got = os.preadv(fd, [buf], done)
+        if not got:
+            break
+        done += got
+    sequential = done / (time.perf_counter() - start)
+    os.close(fd)
+    expert = 1_769_472  # one 4-bit expert of this geometry with its scales and biases
+    small = bytearray(expert)
+    rng = np.random.default_rng(1)
+    start, done = time.perf_counter(), 0
+    fds = [os.open(s, os.O_RDONLY) for s in shards]
+    while time.perf_counter() - start < seconds / 2:
+        i = int(rng.integers(len(fds)))
+        size = os.fstat(fds[i]).st_size
+        done += os.preadv(fds[i], [small], int(rng.integers(0, max(1, size - expert))) & ~4095)
+    random_rate = done / (time.perf_counter() - start)
+    for fd in fds:
+        os.close(fd)
+    return {"sequential_mb_s": sequential / 1e6, "expert_random_mb_s": random_rate / 1e6}
+
+
+def run(model: Path, mode: str, memory: str | None, prompt_tokens: int, decode: int) -> dict:
+    """One contender in this process: TTFT of a `prompt_tokens` prompt, then greedy decode."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+    from mlx_lm.utils import load_model
+
+    import moe_core
+
+    drop_page_cache(model)
+    start = time.perf_counter()
+    lazy = mode == "moe"
+    m, _ = load_model(model, lazy=lazy)
+    handle, counts = None, None
+    if mode == "moe":
+        handle = moe_core.offload(m, model, memory=moe_core.parse_size(memory))
+        mx.eval(m.parameters())
+        num_experts = handle.num_experts[0]
+        counts = np.zeros((len(handle.capacity), num_experts), dtype=np.int64)
+
+        def trace(layer, ids):
+            np.add.at(counts[layer], ids.ravel(), 1)
+
+        handle.set_trace(trace)
+    load_s = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(100, 100_000, size=prompt_tokens).tolist()
+    tokens, ttft, t_first = [], None, None
+    start = time.perf_counter()
+    steps = generate_step(mx.array(prompt), m, max_tokens=decode + 1, sampler=make_sampler(0.0))
+    for token, _ in steps:
+        if ttft is None:
+            ttft = time.perf_counter() - start
+            t_first = time.perf_counter()
+            if handle is not None:
+                prefill_stats = handle.stats()
+        tokens.append(int(token))
+    decode_s = time.perf_counter() - t_first
+    result = {
+        "mode": mode,
+        "memory": memory,
+        "load_s": load_s,
+        "ttft_s": ttft,
+        "prefill_tok_s": prompt_tokens / ttft,
+        "decode_tok_s": (len(tokens) - 1) / decode_s,
+        "tokens": tokens,
+        "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        "backend": mx.default_device().type.name
+        if hasattr(mx.default_device().type, "name")
+        else str(mx.default_device()),
+    }
+    if handle is not None:
+        stats = handle.stats()
+        decode_hits = stats["hits"] - prefill_stats["hits"]
+        decode_misses = stats["misses"] - prefill_stats["misses"]
+        share = np.sort(counts, axis=1)[:, ::-1]
+        top = share[:, : max(1, counts.shape[1] // 5)].sum() / max(1, share.sum())
+        result.update(
+            capacity=handle.capacity[0],
+            num_experts=handle.num_experts[0],
+            hit_rate=stats["hit_rate"],
+            decode_hit_rate=decode_hits / max(1, decode_hits + decode_misses),
+            bytes_read_gb=stats["bytes_read"] / 1e9,
+            decode_mb_read_per_token=(stats["bytes_read"] - prefill_stats["bytes_read"])
+            / 1e6
+            / max(1, decode),
+            miss_service_mb_s=stats["read_mb_per_s"],
+            read_seconds=stats["read_seconds"],
+            top20_share=float(top),
+            budget_reason=stats["budget"]["reason"],
+        )
+        handle.close()
+    return result
+
+
+def machine() -> dict:
+    import mlx.core as mx
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "mlx": mx.__version__,
+    }
+    try:
+        info["device_info"] = {
+            k: v for k, v in mx.device_info().items() if isinstance(v, (int, float, str))
+        }
+    except Exception as e:
+        info["device_info"] = str(e)
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("build", "all", "run"):
+        p = sub.add_parser(name)
+        p.add_argument("--dir", type=Path, required=True)
+        p.add_argument("--layers", type=int, default=48)
+        p.add_argument("--experts", type=int, default=512)
+        p.add_argument("--skew", type=float, default=1.5)
+        p.add_argument("--memory", default="16GB")
+        p.add_argument("--prompt", type=int, default=512)
+        p.add_argument("--decode", type=int, default=32)
+        p.add_argument("--mode", default="moe", choices=["moe", "mlx-lm"])
+        p.add_argument("--skip-reference", action="store_true")
+        p.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.command == "build":
+        start = time.perf_counter()
+        build(args.dir, layers=args.layers, experts=args.experts, skew=args.skew)
+        print(json.dumps({"build_s": time.perf_counter() - start}))
+        return
+    if args.command == "run":
+        print(
+            "RESULT " + json.dumps(run(args.dir, args.mode, args.memory, args.prompt, args.decode))
+        )
+        return
+    start = time.perf_counter()
+    build(args.dir, layers=args.layers, experts=args.experts, skew=args.skew)
+    report = {"machine": machine(), "build_s": time.perf_counter() - start, "geometry": dict(
+        GEOMETRY, num_hidden_layers=args.layers, num_experts=args.experts), "skew": args.skew,
+        "checkpoint_gb": sum(p.stat().st_size for p in args.dir.glob("*.safetensors")) / 1e9}  # fmt: skip
+    report["disk"] = disk(args.dir)
+    modes = ["moe"] if args.skip_reference else ["mlx-lm", "moe"]
+    for mode in modes:
+        cmd = [sys.executable, __file__, "run", "--dir", str(args.dir), "--mode", mode,
+               "--memory", args.memory, "--prompt", str(args.prompt), "--decode", str(args.decode)]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+        report[mode] = json.loads(lines[-1][7:]) if lines else {"error": out.stderr[-3000:]}
+        print(mode, json.dumps(report[mode])[:600], flush=True)
+    ref, moe = report.get("mlx-lm", {}), report.get("moe", {})
+    if "tokens" in ref and "tokens" in moe:
+        report["identical_tokens"] = ref["tokens"] == moe["tokens"]
+        report["decode_ratio"] = moe["decode_tok_s"] / ref["decode_tok_s"]
+        report["ttft_ratio"] = moe["ttft_s"] / ref["ttft_s"]
+    if "miss_service_mb_s" in moe:
+        report["miss_service_vs_disk"] = (
+            moe["miss_service_mb_s"] / report["disk"]["expert_random_mb_s"]
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("mlx-lm", "moe")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
