@@ -7,8 +7,9 @@ unmodified mlx-lm model fully resident on the same machine.
 ~43 GB; expert bytes are random, everything else from mlx-lm's model class), measures the disk,
 then runs each contender in a fresh process with the page cache dropped: the unmodified model
 (where it fits) and moe at the budget. Routing is made skewed like real models': every embedding
-row shares one direction and each expert's router row gets `-skew * log(rank)` along it, so a few
-experts win most tokens; the share the top 20% take is measured from the run's trace and reported.
+row shares one direction and each expert's router row gets `-scale * log(rank)` along it, so a few
+experts win most tokens (calibrated so the top 20% take `--skew` of the first layer's routings); the
+share measured over the run's trace is reported too.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ _SHARD = 4 << 30
 
 
 def build(out: Path, *, layers: int, experts: int, skew: float, seed: int = 0) -> Path:
-    """Write the checkpoint; returns the directory. Skips the work when it is already there."""
+    """Write the checkpoint; returns the directory. Skips the work when it is already there.
+
+    `skew` is the share of the first layer's routings the busiest 20% of experts should take.
+    """
     import mlx.core as mx
     import mlx.nn as nn
     import numpy as np
@@ -60,14 +64,13 @@ def build(out: Path, *, layers: int, experts: int, skew: float, seed: int = 0) -
     direction /= np.linalg.norm(direction)
     # A shared direction in every token's embedding, and per-expert router offsets along it.
     embed = model.model.embed_tokens.weight
-    model.model.embed_tokens.weight = embed + mx.array(direction * 2.0).astype(embed.dtype)
-    rank = rng.permutation(experts) + 1
-    offsets = -skew * np.log(rank).astype(np.float32)
+    model.model.embed_tokens.weight = embed + mx.array(direction * 0.05).astype(embed.dtype)
+    offsets = -np.log(rng.permutation(experts) + 1).astype(np.float32)
+    scale = _calibrate(model, direction, offsets, experts, config["num_experts_per_tok"], skew)
     for layer in model.model.layers:
         gate = layer.mlp.gate
-        gate.weight = gate.weight + mx.array(offsets[:, None] * direction[None, :] * 4.0).astype(
-            gate.weight.dtype
-        )
+        bump = mx.array(scale * offsets[:, None] * direction[None, :]).astype(gate.weight.dtype)
+        gate.weight = gate.weight + bump
     nn.quantize(
         model,
         64,
@@ -115,6 +118,34 @@ def build(out: Path, *, layers: int, experts: int, skew: float, seed: int = 0) -
     )
     (out / "config.json").write_text(json.dumps(config))
     return out
+
+
+def _calibrate(model, direction, offsets, experts: int, top_k: int, target: float) -> float:
+    """The router offset scale at which the busiest 20% of experts take `target` of the first
+    layer's routings, on the (normalised) embeddings of 4096 random tokens."""
+    import mlx.core as mx
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    ids = mx.array(rng.integers(0, model.args.vocab_size, size=4096))
+    x = model.model.embed_tokens(ids).astype(mx.float32)
+    x = x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+    base = x @ model.model.layers[0].mlp.gate.weight.astype(mx.float32).T
+    along = np.array(x @ mx.array(direction))[:, None] * offsets[None, :]
+    base = np.array(base)
+
+    def share(scale: float) -> float:
+        picks = np.argpartition(-(base + scale * along), top_k, axis=-1)[:, :top_k]
+        counts = np.sort(np.bincount(picks.ravel(), minlength=experts))[::-1]
+        return counts[: experts // 5].sum() / counts.sum()
+
+    low, high = 0.0, 1.0
+    while share(high) < target and high < 1e6:
+        high *= 2
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (mid, high) if share(mid) < target else (low, mid)
+    return high
 
 
 def _write_random(f, nbytes: int, block, dtype: str, rng) -> None:
@@ -273,7 +304,7 @@ def main() -> None:
         p.add_argument("--dir", type=Path, required=True)
         p.add_argument("--layers", type=int, default=48)
         p.add_argument("--experts", type=int, default=512)
-        p.add_argument("--skew", type=float, default=1.5)
+        p.add_argument("--skew", type=float, default=0.65, help="top-20%% share")
         p.add_argument("--memory", default="16GB")
         p.add_argument("--prompt", type=int, default=512)
         p.add_argument("--decode", type=int, default=32)
@@ -296,8 +327,10 @@ def main() -> None:
     report = {"machine": machine(), "build_s": time.perf_counter() - start, "geometry": dict(
         GEOMETRY, num_hidden_layers=args.layers, num_experts=args.experts), "skew": args.skew,
         "checkpoint_gb": sum(p.stat().st_size for p in args.dir.glob("*.safetensors")) / 1e9}  # fmt: skip
+    print(f"built {report['checkpoint_gb']:.1f} GB in {report['build_s']:.0f} s", flush=True)
     report["disk"] = disk(args.dir)
-    modes = ["moe"] if args.skip_reference else ["mlx-lm", "moe"]
+    print("disk", report["disk"], flush=True)
+    modes = ["moe"] if args.skip_reference else ["moe", "mlx-lm"]
     for mode in modes:
         cmd = [sys.executable, __file__, "run", "--dir", str(args.dir), "--mode", mode,
                "--memory", args.memory, "--prompt", str(args.prompt), "--decode", str(args.decode)]  # fmt: skip
@@ -305,6 +338,9 @@ def main() -> None:
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
         report[mode] = json.loads(lines[-1][7:]) if lines else {"error": out.stderr[-3000:]}
         print(mode, json.dumps(report[mode])[:600], flush=True)
+        if args.json:  # keep what is done, should a later contender not finish
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2))
     ref, moe = report.get("mlx-lm", {}), report.get("moe", {})
     if "tokens" in ref and "tokens" in moe:
         report["identical_tokens"] = ref["tokens"] == moe["tokens"]

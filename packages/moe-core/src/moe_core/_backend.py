@@ -141,8 +141,13 @@ def detect_backend() -> Backend:
 
 def _set_mlx_limits(memory: int) -> None:
     mx.set_memory_limit(memory)
-    # Freed buffers MLX keeps for reuse count against the budget too.
-    mx.set_cache_limit(min(memory // 16, 256 * 1024 * 1024))
+    mx.set_cache_limit(cache_limit(memory))
+
+
+def cache_limit(memory: int) -> int:
+    """Freed buffers MLX keeps for reuse: they count against the budget, but too small a cache
+    makes every step allocate afresh (slow with CUDA's managed memory)."""
+    return min(memory // 16, 1 << 30)
 
 
 def _read_limit(path: Path) -> int | None:

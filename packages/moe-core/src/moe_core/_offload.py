@@ -16,7 +16,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from ._backend import Backend, detect_backend
+from ._backend import Backend, cache_limit, detect_backend
 from ._bank import MISS_MODES, Layer, Lookahead, OffloadedBank, TraceHook, tap_router
 from ._cache import ExpertCache
 from ._checkpoint import BankMap, bank_params, find_banks, fingerprint, layer_number, map_checkpoint
@@ -52,6 +52,7 @@ class Geometry:
     banks: tuple[BankMap, ...]
     top_k: tuple[int | None, ...]
     dense_bytes: int
+    vocab_size: int = 0
 
     @property
     def expert_bytes(self) -> tuple[int, ...]:
@@ -68,7 +69,13 @@ def describe(model: nn.Module, model_path: str | Path) -> Geometry:
     maps = map_checkpoint(Path(model_path), banks)
     expert_ids = {id(a) for _, bank in banks for a in bank_params("", bank).values()}
     dense = sum(a.nbytes for _, a in tree_flatten(model.parameters()) if id(a) not in expert_ids)
-    return Geometry(tuple(maps), tuple(_top_k(model, path) for path, _ in banks), dense)
+    vocab = getattr(getattr(model, "args", None), "vocab_size", 0)
+    return Geometry(
+        tuple(maps),
+        tuple(_top_k(model, path) for path, _ in banks),
+        dense,
+        vocab if isinstance(vocab, int) else 0,
+    )
 
 
 class OffloadHandle:
@@ -307,7 +314,8 @@ def _budget(
     num_experts = geometry.num_experts
     expert_bytes = geometry.expert_bytes
     base = backend.process_memory()
-    scratch = _MARGIN + _activation_bytes(geometry)
+    planned = memory if memory is not None else backend.available_memory()
+    scratch = _MARGIN + cache_limit(planned) + _activation_bytes(geometry)
     common = dict(
         backend=backend.name,
         base_bytes=base,
@@ -329,7 +337,7 @@ def _budget(
         return Budget(tuple(caps), "capacity given", None, **common)
 
     given = memory is not None
-    memory = memory if given else backend.available_memory()
+    memory = planned
     fixed = base + geometry.dense_bytes + scratch + reserve
     per_slot = sum(expert_bytes)  # one slot in every MoE layer
     slots = (memory - fixed) // per_slot
@@ -352,13 +360,13 @@ def _budget(
 
 
 def _activation_bytes(geometry: Geometry) -> int:
-    """Float32 activations of one prefill chunk through the widest expert bank."""
+    """Float32 activations of one prefill chunk through the widest expert bank, and its logits."""
     widest = 0
     for bank, k in zip(geometry.banks, geometry.top_k, strict=True):
         rows = {p.name.split(".")[0]: p.shape for p in bank.params if p.name.endswith("weight")}
         hidden = sum(shape[0] for shape in rows.values())
         widest = max(widest, (k or 1) * hidden)
-    return PREFILL_TOKENS * widest * 4 * 2
+    return PREFILL_TOKENS * (widest + geometry.vocab_size) * 4 * 2
 
 
 def _top_k(model: nn.Module, path: str) -> int | None:
