@@ -24,9 +24,9 @@ def vm_hwm() -> int:
 
 def load(spec: dict):
     """(model, tokenizer, stats() -> dict, extra) for the contender; nothing here is timed."""
-    import mlx.core as mx
-
     from pathlib import Path
+
+    import mlx.core as mx
 
     kind, path = spec["kind"], Path(spec["model"])
     if kind == "mlx":
@@ -37,8 +37,9 @@ def load(spec: dict):
     if kind == "moe":
         import inspect
 
-        import moe_core
         from mlx_lm.utils import load_model, load_tokenizer
+
+        import moe_core
 
         model, config = load_model(path, lazy=True)
         tok = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))

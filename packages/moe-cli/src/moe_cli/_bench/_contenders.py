@@ -62,8 +62,9 @@ def child_options(contender: Contender, features: set[str]) -> dict:
 
 
 def ensure_packed_moe(path: Path) -> None:
-    import moe_core
     from mlx_lm.utils import load_model
+
+    import moe_core
 
     if (path / "experts.moepack").exists():
         return

@@ -44,7 +44,9 @@ class BenchConfig:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
         unknown = set(self.contenders) - set(C.CONTENDERS)
         if unknown:
-            raise ValueError(f"unknown contenders {sorted(unknown)}; choose from {list(C.CONTENDERS)}")
+            raise ValueError(
+                f"unknown contenders {sorted(unknown)}; choose from {list(C.CONTENDERS)}"
+            )
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
@@ -67,7 +69,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     capper = S.MemoryCap() if cfg.cap else None
     doc["memory_cap"] = {
         "enabled": bool(capper and capper.available),
-        "why_not": None if capper and capper.available else (capper.why_not if capper else "--no-cap"),
+        "why_not": None
+        if capper and capper.available
+        else (capper.why_not if capper else "--no-cap"),
         "cgroup_version": capper.version if capper else None,
         "slack_bytes": cfg.cap_slack,
         "ceiling": "mlx-lm (resident) runs without a cap: it holds every expert",
@@ -85,19 +89,25 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                 cap = None
                 if contender.kind != "mlx":
                     cap = sizes["dense"] + int(frac * sizes["experts"]) + cfg.cap_slack
-                with (capper.group(cap) if capper else S.MemoryCap.group(S.MemoryCap(), None)) as procs:
+                with (
+                    capper.group(cap) if capper else S.MemoryCap.group(S.MemoryCap(), None)
+                ) as procs:
                     python = envs.get(contender.name, (sys.executable, None))
                     t0 = time.perf_counter()
                     r = S.run_child(
                         [str(python[0]), str(C.CHILD), json.dumps(spec)],
                         procs, env=python[1], timeout=cfg.timeout,
                     )  # fmt: skip
-                r.update(cap_bytes=cap if procs else None, cold=drop, wall_s=time.perf_counter() - t0)
+                r.update(
+                    cap_bytes=cap if procs else None, cold=drop, wall_s=time.perf_counter() - t0
+                )
                 results.setdefault((contender.name, frac, prompt), []).append(r)
                 log(f"[{repeat + 1}/{cfg.repeats}] {contender.name} @{frac:.0%} prompt {prompt}: "
                     + (f"decode {r['decode_tps']:.2f} tok/s, ttft {r['ttft_s']:.1f}s" if r.get("ok")
                        else f"FAILED {r.get('error')}"))  # fmt: skip
-    doc["results"] = [_summary(name, frac, prompt, rs) for (name, frac, prompt), rs in results.items()]
+    doc["results"] = [
+        _summary(name, frac, prompt, rs) for (name, frac, prompt), rs in results.items()
+    ]
     doc["targets"] = targets(doc)
     return doc
 
@@ -127,8 +137,10 @@ def _plan(cfg, model, cache, num_experts, doc, log):
                 extra_paths[contender.name] = [blob]
                 envs[contender.name] = (python, C.bigrig_env(cache))
             for frac in cfg.capacities:
-                runs.append((contender, frac, {**spec, "capacity": max(1, round(frac * num_experts))}))
-        except Exception as e:  # noqa: BLE001 -- a contender that cannot run is recorded, not fatal
+                runs.append(
+                    (contender, frac, {**spec, "capacity": max(1, round(frac * num_experts))})
+                )
+        except Exception as e:
             doc["unavailable"][contender.name] = f"{type(e).__name__}: {e}"
             log(f"{contender.name}: unavailable ({e})")
     return runs, extra_paths, envs
@@ -166,28 +178,60 @@ def targets(doc: dict) -> dict:
         where = {"contender": name, "capacity_fraction": frac, "prompt_tokens": prompt}
         if frac == 1.0 and ("mlx-lm (resident)", 1.0, prompt) in rows:
             ratio = _ratio(r["decode_tps"], rows["mlx-lm (resident)", 1.0, prompt]["decode_tps"])
-            out["1_resident_decode_vs_mlx"].append({**where, "ratio": ratio, "goal": ">= 0.95",
-                                                    "met": ratio is not None and ratio >= 0.95})
+            out["1_resident_decode_vs_mlx"].append(
+                {
+                    **where,
+                    "ratio": ratio,
+                    "goal": ">= 0.95",
+                    "met": ratio is not None and ratio >= 0.95,
+                }
+            )
         big = rows.get(("bigrig 0.9.1", frac, prompt))
         if frac < 1.0 and big:
             d = _ratio(r["decode_tps"], big["decode_tps"])
             t = _ratio(r["ttft_s"], big["ttft_s"])
-            out["2_vs_bigrig"].append({**where, "decode_ratio": d, "ttft_ratio": t,
-                                       "goal": "decode >= 1.25, ttft <= 0.8",
-                                       "met": d is not None and t is not None and d >= 1.25 and t <= 0.8})
+            out["2_vs_bigrig"].append(
+                {
+                    **where,
+                    "decode_ratio": d,
+                    "ttft_ratio": t,
+                    "goal": "decode >= 1.25, ttft <= 0.8",
+                    "met": d is not None and t is not None and d >= 1.25 and t <= 0.8,
+                }
+            )
         if frac < 1.0:
             m = _ratio(r["miss_service_mb_s"], disk_best)
-            out["3_miss_service_vs_disk"].append({**where, "miss_service_mb_s": r["miss_service_mb_s"],
-                                                  "disk_random_mb_s": disk_best, "ratio": m,
-                                                  "goal": ">= 0.8", "met": m is not None and m >= 0.8})
+            out["3_miss_service_vs_disk"].append(
+                {
+                    **where,
+                    "miss_service_mb_s": r["miss_service_mb_s"],
+                    "disk_random_mb_s": disk_best,
+                    "ratio": m,
+                    "goal": ">= 0.8",
+                    "met": m is not None and m >= 0.8,
+                }
+            )
             h = _ratio(r["hit_rate"], r["belady_hit_rate"])
-            out["4_hit_rate_vs_belady"].append({**where, "hit_rate": r["hit_rate"],
-                                                "belady_hit_rate": r["belady_hit_rate"], "ratio": h,
-                                                "goal": ">= 0.95", "met": h is not None and h >= 0.95})
+            out["4_hit_rate_vs_belady"].append(
+                {
+                    **where,
+                    "hit_rate": r["hit_rate"],
+                    "belady_hit_rate": r["belady_hit_rate"],
+                    "ratio": h,
+                    "goal": ">= 0.95",
+                    "met": h is not None and h >= 0.95,
+                }
+            )
         if r.get("prefill"):
             p = r["prefill"]
-            out["5_prefill_reads_once"].append({**where, **p, "goal": "misses <= touched per chunk",
-                                                "met": p["chunks_reading_an_expert_twice"] == 0})
+            out["5_prefill_reads_once"].append(
+                {
+                    **where,
+                    **p,
+                    "goal": "misses <= touched per chunk",
+                    "met": p["chunks_reading_an_expert_twice"] == 0,
+                }
+            )
     return out  # fmt: skip
 
 

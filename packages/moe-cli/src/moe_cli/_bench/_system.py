@@ -97,7 +97,11 @@ def run_child(argv: list[str], procs: Path | None, env: dict | None = None, time
         if line.startswith("BENCH-RESULT "):
             return json.loads(line.split(" ", 1)[1])
     tail = (out.stderr or out.stdout)[-800:]
-    return {"ok": False, "error": f"child exited {out.returncode} (killed: over the cap?)", "tail": tail}
+    return {
+        "ok": False,
+        "error": f"child exited {out.returncode} (killed: over the cap?)",
+        "tail": tail,
+    }
 
 
 def safetensors_tensors(path: Path) -> dict:
