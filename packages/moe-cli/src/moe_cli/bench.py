@@ -85,7 +85,7 @@ def summary(doc: dict) -> str:
              f"{'ttft s':>7} {'hit':>6} {'MB/s':>7} {'peak GB':>8}"]  # fmt: skip
     for r in doc["results"]:
 
-        def f(key, fmt):
+        def f(key, fmt, r=r):
             return format(r[key], fmt) if r.get(key) is not None else "-"
 
         lines.append(

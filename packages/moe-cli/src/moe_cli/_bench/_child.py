@@ -14,9 +14,10 @@ import numpy as np
 def vm_hwm() -> int:
     """Peak resident set size of this process (bytes), from /proc; 0 where there is none."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
@@ -129,7 +130,8 @@ def run(spec: dict) -> dict:
     start = time.perf_counter()
     first = last = None
     count = 0
-    for r in stream_generate(model, tok, prompt, max_tokens=spec["decode_tokens"]):
+    response = None
+    for response in stream_generate(model, tok, prompt, max_tokens=spec["decode_tokens"]):
         now = time.perf_counter()
         count += 1
         if first is None:
@@ -147,7 +149,7 @@ def run(spec: dict) -> dict:
         "prefill_tps": spec["prompt_tokens"] / ttft,
         "decode_tps": decode_tokens / (last - first) if decode_tokens > 0 else None,
         "peak_memory": vm_hwm(),
-        "last_token": int(r.token),
+        "last_token": int(response.token),
     }
     if end:
         out.update(cache_stats(end, at_first, decode_tokens))

@@ -169,16 +169,13 @@ def machine() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+        )
     ram = 0
-    with contextlib.suppress(OSError):
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                ram = int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        ram = next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemTotal:")), 0)
     disk = ""
     with contextlib.suppress(Exception):
         disk = subprocess.run(
@@ -213,7 +210,10 @@ def scales_choice() -> dict:
     for dtype in (mx.float32, mx.bfloat16):
         s = mx.full((64, 512, 2048 // 64), 2**-10, dtype=dtype)
         xs = x.astype(dtype)
-        f = lambda: mx.gather_qmm(xs, w, s, s, rhs_indices=idx, transpose=True)  # noqa: E731
+
+        def f(xs=xs, s=s):
+            return mx.gather_qmm(xs, w, s, s, rhs_indices=idx, transpose=True)
+
         mx.eval(f())
         start = time.perf_counter()
         for _ in range(5):
