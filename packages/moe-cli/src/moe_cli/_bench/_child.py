@@ -130,10 +130,11 @@ def run(spec: dict) -> dict:
     start = time.perf_counter()
     first = last = None
     count = 0
-    response = None
+    token = None
     for response in stream_generate(model, tok, prompt, max_tokens=spec["decode_tokens"]):
         now = time.perf_counter()
         count += 1
+        token = int(response.token)
         if first is None:
             first = now
             at_first = stats()
@@ -149,7 +150,7 @@ def run(spec: dict) -> dict:
         "prefill_tps": spec["prompt_tokens"] / ttft,
         "decode_tps": decode_tokens / (last - first) if decode_tokens > 0 else None,
         "peak_memory": vm_hwm(),
-        "last_token": int(response.token),
+        "last_token": token,
     }
     if end:
         out.update(cache_stats(end, at_first, decode_tokens))
