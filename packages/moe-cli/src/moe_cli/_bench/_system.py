@@ -170,9 +170,7 @@ def machine() -> dict:
 
     cpu = platform.processor()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next(
-            (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
-        )
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     ram = 0
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
         ram = next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemTotal:")), 0)
