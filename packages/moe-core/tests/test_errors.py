@@ -4,10 +4,11 @@ import json
 import shutil
 
 import mlx.core as mx
+import mlx.nn as nn
 import pytest
 from _models import offloaded
 from mlx_lm.models import llama
-from mlx_lm.utils import load_model, save_config, save_model
+from mlx_lm.utils import _get_classes, load_model, save_config, save_model
 
 import moe_core
 from moe_core import BudgetError, CheckpointError, UnsupportedModelError
@@ -45,11 +46,10 @@ def test_dense_model_is_refused(tmp_path):
 
 def test_truncated_shard_names_file_and_tensor(copy):
     path = copy("qwen3_moe", "stacked", "q4")
-    shard = path / expert_shard(path)
-    size = shard.stat().st_size
-    with open(shard, "r+b") as f:
-        f.truncate(size - 1000)
     model, _ = load_model(path, lazy=True)
+    shard = path / expert_shard(path)
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size - 1000)
     with pytest.raises(CheckpointError) as err:
         moe_core.offload(model, path, capacity=2)
     assert shard.name in str(err.value) and "truncated" in str(err.value)
@@ -69,8 +69,12 @@ def test_shape_mismatch_is_refused(copy):
     path = copy("qwen3_moe", "stacked", "q4")
     config = json.loads((path / "config.json").read_text())
     config["moe_intermediate_size"] *= 2
-    (path / "config.json").write_text(json.dumps(config))
-    bigger, _ = load_model(path, lazy=True, strict=False)
+    # The model the config now describes, quantized as the checkpoint says, its weights not loaded.
+    model_class, args_class = _get_classes(config)
+    bigger = model_class(args_class.from_dict(config))
+    nn.quantize(
+        bigger, group_size=config["quantization"]["group_size"], bits=config["quantization"]["bits"]
+    )
     with pytest.raises(CheckpointError, match="the model expects"):
         moe_core.offload(bigger, path, capacity=2)
 

@@ -107,3 +107,20 @@ def _module(model, path):
     for step in path.split("."):
         node = node[int(step)] if isinstance(node, list) else getattr(node, step)
     return node
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_staged_uploads_are_identical(moe_checkpoint, lookahead):
+    """The CUDA path (host staging buffers, batched uploads) exercised on the CPU backend."""
+    path = moe_checkpoint("qwen3_next", "stacked", "q4")
+    ref = reference(path)
+    tokens = prompt(vocab_size(ref), 40)
+    want, want_tokens = greedy(ref, tokens, 10)
+    staged = moe_core.CPUBackend(unified_memory=False)
+    model, handle = offloaded(
+        path, capacity=capacity(path, "half"), backend=staged, lookahead=lookahead
+    )
+    assert all(layer.staged is not None for layer in handle.layers)
+    got, got_tokens = greedy(model, tokens, 10)
+    assert got_tokens == want_tokens and identical(got, want)
+    assert handle.stats()["misses"] > 0

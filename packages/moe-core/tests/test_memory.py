@@ -95,8 +95,9 @@ def test_peak_memory_stays_under_budget_with_experts_four_times_larger(tmp_path)
     assert expert_bytes > 4 * BUDGET
     out = subprocess.run(
         [sys.executable, "-c", RUN, str(tmp_path), str(BUDGET)],
-        capture_output=True, text=True, timeout=600, check=True,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["finite"]
     assert result["peak"] < BUDGET, result

@@ -13,7 +13,9 @@ from moe_profiles import Trace, TraceRecorder, simulate
 @pytest.mark.parametrize(("capacity", "policy"), [(5, "lfuda"), (8, "lru"), (3, "fifo")])
 def test_simulate_matches_offloaded_model(tiny_checkpoint, tmp_path, capacity, policy):
     model, _ = load_model(tiny_checkpoint, lazy=True)
-    handle = moe_core.offload(model, tiny_checkpoint, capacity=capacity, policy=policy)
+    handle = moe_core.offload(
+        model, tiny_checkpoint, capacity=capacity, policy=policy, lookahead=False
+    )
     mx.eval(model.parameters())
     recorder = TraceRecorder.attach(handle, fingerprint=moe_core.fingerprint(tiny_checkpoint))
     rng = np.random.default_rng(capacity)

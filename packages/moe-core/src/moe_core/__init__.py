@@ -10,10 +10,12 @@ from ._bank import MISS_MODES
 from ._cache import CacheStats, ExpertCache, Wave
 from ._errors import BudgetError, CheckpointError, MoEError, UnsupportedModelError
 from ._offload import Budget, Geometry, OffloadHandle, describe, fingerprint, offload, plan_budget
+from ._pack import PACK_NAME, open_pack, pack
 from ._policy import POLICIES, Policy, make_policy
 
 __all__ = [
     "MISS_MODES",
+    "PACK_NAME",
     "POLICIES",
     "Backend",
     "Budget",
@@ -35,6 +37,8 @@ __all__ = [
     "fingerprint",
     "make_policy",
     "offload",
+    "open_pack",
+    "pack",
     "parse_size",
     "plan_budget",
 ]

@@ -20,6 +20,7 @@ _UNLIMITED = 1 << 60
 @dataclass(slots=True)
 class CPUBackend:
     name: str = "cpu"
+    unified_memory: bool = True
     proc: Path = Path("/proc")
     cgroup: Path = Path("/sys/fs/cgroup")
 
@@ -86,6 +87,7 @@ class CPUBackend:
 @dataclass(slots=True)
 class MetalBackend:
     name: str = "metal"
+    unified_memory: bool = True
 
     def available_memory(self) -> int:
         return int(mx.device_info()["max_recommended_working_set_size"])
@@ -103,6 +105,9 @@ class MetalBackend:
 @dataclass(slots=True)
 class CUDABackend:
     name: str = "cuda"
+    # Experts are read into host staging buffers and uploaded in batches, not written through
+    # managed memory page by page.
+    unified_memory: bool = False
 
     def available_memory(self) -> int:
         info = mx.device_info()

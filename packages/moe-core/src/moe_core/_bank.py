@@ -10,6 +10,7 @@ identical to the unmodified model's. Only when one step needs more experts than 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -18,7 +19,7 @@ import numpy as np
 
 from ._cache import ExpertCache
 from ._checkpoint import BankMap
-from ._store import ExpertStore, slot_tensor
+from ._store import ExpertStore, slot_tensor, upload
 
 TraceHook = Callable[[int, np.ndarray], None]
 
@@ -48,6 +49,36 @@ class Layer:
     trace: list[TraceHook | None] = field(default_factory=lambda: [None])  # shared, settable
     router: RouterTap | None = None
     stats: LayerStats = field(default_factory=LayerStats)
+    lookahead: Lookahead | None = None  # predicts the next MoE layer's experts from this input
+    pending: Future[None] | None = None  # reads started ahead of this layer's step
+    staged: list[tuple[nn.Module, str]] | None = (
+        None  # (projection, param) to upload, when not direct
+    )
+    unsent: list[int] = field(default_factory=list)  # staged slots read but not uploaded yet
+
+    def wait(self) -> None:
+        """Let reads started by the previous layer's lookahead land before computing."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+        self._upload()
+
+    def _upload(self) -> None:
+        if self.staged is None or not self.unsent:
+            return
+        slots, self.unsent = self.unsent, []
+        for (proj, name), host in zip(self.staged, self.dests, strict=True):
+            upload(getattr(proj, name), host, slots)
+
+    def prefetch(self, experts: np.ndarray) -> None:
+        """Start reading `experts` in the background; `wait` joins them."""
+        self.wait()
+        loads = self.cache.prefetch(experts)
+        if loads:
+            self.stats.bytes_read += self.map.expert_bytes * len(loads)
+            self.pending = self.store.submit(self.map, loads, self.dests)
+            if self.staged is not None:
+                self.unsent.extend(slot for _, slot in loads)
 
     def load(self, loads: list[tuple[int, int]]) -> None:
         if not loads:
@@ -56,6 +87,30 @@ class Layer:
         self.store.read(self.map, loads, self.dests)
         self.stats.bytes_read += self.map.expert_bytes * len(loads)
         self.stats.read_seconds += self.store.stats.read_seconds - before
+        if self.staged is not None:
+            self.unsent.extend(slot for _, slot in loads)
+            self._upload()
+
+
+@dataclass(slots=True)
+class Lookahead:
+    """The next MoE layer and its router: applied to this layer's input, the router names most of
+    the experts the next layer will pick, so their reads overlap this layer's compute."""
+
+    next: Layer
+    router: nn.Module
+    top_k: int
+    predicted: int = 0
+
+    def start(self, x: mx.array) -> None:
+        scores = self.router(x)
+        if isinstance(scores, tuple):  # MoEGate-style routers return (indices, scores)
+            picks = scores[0]
+        else:
+            picks = mx.argpartition(scores, kth=-self.top_k, axis=-1)[..., -self.top_k :]
+        experts = np.unique(np.array(picks)).astype(np.int64)
+        self.predicted += int(experts.size)
+        self.next.prefetch(experts)
 
 
 class RouterTap(nn.Module):
@@ -109,16 +164,17 @@ class OffloadedBank(nn.Module):
 
     @staticmethod
     def install(
-        bank: nn.Module, bank_map: BankMap, cache: ExpertCache, store: ExpertStore
+        bank: nn.Module, bank_map: BankMap, cache: ExpertCache, store: ExpertStore, *, direct: bool
     ) -> Layer:
         """Swap the bank's per-expert weights for slot tensors; returns the layer state."""
-        dests = []
+        dests, staged = [], []
         for param in bank_map.params:
             proj, name = param.name.split(".", 1)
-            slots, host = slot_tensor(cache.capacity, param.shape, param.dtype)
+            slots, host = slot_tensor(cache.capacity, param.shape, param.dtype, direct=direct)
             setattr(getattr(bank, proj), name, slots)
             dests.append(host)
-        return Layer(bank_map, cache, store, dests)
+            staged.append((getattr(bank, proj), name))
+        return Layer(bank_map, cache, store, dests, staged=None if direct else staged)
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         layer = self._layer
@@ -130,12 +186,18 @@ class OffloadedBank(nn.Module):
         if layer.miss == "skip":
             return self._skip(x, indices, ids)
 
+        layer.wait()
         waves = layer.cache.step(needed)
         wave = next(waves)
         layer.load(wave.loads)
         if wave.experts.size == needed.size:
             slots = layer.cache.slot_of[ids].astype(np.uint32)
-            return self.bank(x, mx.array(slots))
+            out = self.bank(x, mx.array(slots))
+            ahead = layer.lookahead
+            # Decode-sized steps only: a prefill chunk touches most experts anyway.
+            if ahead is not None and needed.size * 2 <= ahead.next.cache.capacity:
+                ahead.start(x)
+            return out
         return self._in_waves(x, ids, wave, waves)
 
     def _in_waves(self, x, ids, wave, waves) -> mx.array:

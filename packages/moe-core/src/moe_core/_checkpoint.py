@@ -8,8 +8,11 @@ original checkpoints store them, in any shard.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
@@ -65,6 +68,14 @@ class BankMap:
     path: str  # module path, e.g. "model.layers.3.mlp.switch_mlp"
     num_experts: int
     params: tuple[ParamMap, ...]
+    contiguous: bool = field(init=False)  # each expert's params back to back in one file
+
+    def __post_init__(self) -> None:
+        first, offsets, contiguous = self.params[0], self.params[0].offsets, True
+        for before, param in itertools.pairwise(self.params):
+            offsets = offsets + before.nbytes
+            contiguous &= param.files == first.files and np.array_equal(param.offsets, offsets)
+        object.__setattr__(self, "contiguous", contiguous)
 
     @property
     def expert_bytes(self) -> int:
@@ -192,6 +203,19 @@ def _check(entry: TensorEntry, dtype: str, shape: tuple[int, ...]) -> None:
             f"{entry.file}: tensor {entry.name} is {entry.dtype}{list(entry.shape)}, "
             f"the model expects {dtype}{list(shape)}"
         )
+
+
+def fingerprint(model_path: str | Path) -> str:
+    """A stable id of a checkpoint: its config and its tensor table (names, dtypes, shapes)."""
+    model_path = Path(model_path)
+    config = json.loads((model_path / "config.json").read_text())
+    table = read_tensor_table(model_path)
+    digest = hashlib.sha256()
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    for name in sorted(table):
+        entry = table[name]
+        digest.update(f"{name}:{entry.dtype}:{list(entry.shape)};".encode())
+    return digest.hexdigest()[:16]
 
 
 _LAYER = re.compile(r"\.(\d+)\.")

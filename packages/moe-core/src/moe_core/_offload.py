@@ -6,8 +6,7 @@ yet: the banks' lazy expert arrays are replaced by slot tensors before anything 
 
 from __future__ import annotations
 
-import hashlib
-import json
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,12 +17,12 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from ._backend import Backend, detect_backend
-from ._bank import MISS_MODES, Layer, OffloadedBank, TraceHook, tap_router
+from ._bank import MISS_MODES, Layer, Lookahead, OffloadedBank, TraceHook, tap_router
 from ._cache import ExpertCache
-from ._checkpoint import BankMap, bank_params, find_banks, layer_number, map_checkpoint
-from ._errors import BudgetError
+from ._checkpoint import BankMap, bank_params, find_banks, fingerprint, layer_number, map_checkpoint
+from ._errors import BudgetError, CheckpointError
+from ._pack import PACK_NAME, open_pack
 from ._policy import POLICIES
-from ._safetensors import read_tensor_table
 from ._store import ExpertStore
 
 # Tokens per prefill chunk the activation headroom is sized for (mlx-lm prefills in chunks).
@@ -72,19 +71,6 @@ def describe(model: nn.Module, model_path: str | Path) -> Geometry:
     return Geometry(tuple(maps), tuple(_top_k(model, path) for path, _ in banks), dense)
 
 
-def fingerprint(model_path: str | Path) -> str:
-    """A stable id of a checkpoint: its config and its tensor table (names, dtypes, shapes)."""
-    model_path = Path(model_path)
-    config = json.loads((model_path / "config.json").read_text())
-    table = read_tensor_table(model_path)
-    digest = hashlib.sha256()
-    digest.update(json.dumps(config, sort_keys=True).encode())
-    for name in sorted(table):
-        entry = table[name]
-        digest.update(f"{name}:{entry.dtype}:{list(entry.shape)};".encode())
-    return digest.hexdigest()[:16]
-
-
 class OffloadHandle:
     """What `offload` returns: statistics, resident sets, pinning, prefetch, a trace hook."""
 
@@ -126,6 +112,7 @@ class OffloadHandle:
         """Load and pin experts per MoE layer; a pinned expert is never evicted."""
         for index, ids in layer_to_ids.items():
             layer = self.layers[index]
+            layer.wait()
             layer.load(layer.cache.pin(np.fromiter(ids, dtype=np.int64)))
 
     def unpin(self, layer_to_ids: Mapping[int, Iterable[int]] | None = None) -> None:
@@ -140,6 +127,7 @@ class OffloadHandle:
         count = 0
         for index, ids in layer_to_ids.items():
             layer = self.layers[index]
+            layer.wait()
             loads = layer.cache.prefetch(np.fromiter(ids, dtype=np.int64))
             layer.load(loads)
             count += len(loads)
@@ -153,6 +141,7 @@ class OffloadHandle:
         """Hits, misses, bytes and seconds read, in all and per MoE layer, and the budget."""
         per_layer = []
         for layer in self.layers:
+            layer.wait()
             cache = layer.cache
             per_layer.append(
                 {
@@ -166,6 +155,7 @@ class OffloadHandle:
                     "bytes_read": layer.stats.bytes_read,
                     "read_seconds": layer.stats.read_seconds,
                     "skipped": layer.stats.skipped,
+                    "lookahead_predicted": layer.lookahead.predicted if layer.lookahead else 0,
                 }
             )
         hits = sum(p["hits"] for p in per_layer)
@@ -173,6 +163,8 @@ class OffloadHandle:
         seconds = self.store.stats.read_seconds
         return {
             "miss": self.miss,
+            "packed": self.layers[0].map.contiguous,
+            "lookahead": self.layers[0].lookahead is not None,
             "policy": self.layers[0].cache.policy.name,
             "hits": hits,
             "misses": misses,
@@ -193,6 +185,8 @@ class OffloadHandle:
         self.store.stats = type(self.store.stats)()
 
     def close(self) -> None:
+        for layer in self.layers:
+            layer.wait()
         self.store.close()
 
     def __enter__(self) -> OffloadHandle:
@@ -212,6 +206,8 @@ def offload(
     miss: str = "exact",
     reserve: int = 0,
     threads: int = 4,
+    packed: str | Path | None = "auto",
+    lookahead: bool = True,
     backend: Backend | None = None,
 ) -> OffloadHandle:
     """Replace every expert bank of a lazily loaded mlx-lm `model` with an offloaded one.
@@ -221,6 +217,10 @@ def offload(
     `reserve` bytes are kept free for the caller (KV cache). `miss="exact"` (the default) makes
     every selected expert resident before its matmul; `miss="skip"` is lossy: it drops experts that
     are not resident.
+
+    `packed` names a packed expert file (`moe pack`); "auto" uses `experts.moepack` beside the
+    checkpoint when there is one for this very checkpoint. `lookahead` lets each layer start
+    reading the experts the next layer's router is likely to pick.
     """
     if capacity is not None and memory is not None:
         raise ValueError("give capacity or memory, not both")
@@ -235,20 +235,52 @@ def offload(
     if budget.memory is not None:
         backend.set_limits(budget.memory)
 
-    store = ExpertStore(list(geometry.banks), threads=threads)
+    maps = _packed_maps(Path(model_path), list(geometry.banks), packed)
+    store = ExpertStore(maps, threads=threads)
     trace: list[TraceHook | None] = [None]
     layers = []
-    for (path, bank), bank_map, slots in zip(banks, geometry.banks, budget.capacity, strict=True):
+    for (path, bank), bank_map, slots in zip(banks, maps, budget.capacity, strict=True):
         cache = ExpertCache(bank_map.num_experts, slots, policy)
-        layer = OffloadedBank.install(bank, bank_map, cache, store)
+        layer = OffloadedBank.install(bank, bank_map, cache, store, direct=backend.unified_memory)
         layer.miss, layer.trace = miss, trace
         parent, name = _parent(model, path)
         if miss == "skip":
             layer.router = tap_router(parent)
         setattr(parent, name, OffloadedBank(bank, layer))
         layers.append(layer)
+    if lookahead and miss == "exact":
+        for layer, nxt, (path, _), k in zip(
+            layers[:-1], layers[1:], banks[1:], geometry.top_k[1:], strict=True
+        ):
+            router = _router(_parent(model, path)[0])
+            if router is not None and k:
+                layer.lookahead = Lookahead(nxt, router, k)
     mx.clear_cache()
     return OffloadHandle(model, layers, store, budget, backend)
+
+
+def _packed_maps(model_path: Path, maps: list[BankMap], packed: str | Path | None) -> list[BankMap]:
+    if packed is None:
+        return maps
+    source = fingerprint(model_path)
+    if packed == "auto":
+        path = model_path / PACK_NAME
+        if not path.exists():
+            return maps
+        try:
+            return open_pack(path, maps, source)
+        except CheckpointError as e:
+            warnings.warn(f"ignoring packed experts: {e}", stacklevel=3)
+            return maps
+    return open_pack(Path(packed), maps, source)
+
+
+def _router(block: nn.Module) -> nn.Module | None:
+    for name in ("gate", "router"):
+        router = getattr(block, name, None)
+        if isinstance(router, nn.Module):
+            return router
+    return None
 
 
 def plan_budget(

@@ -1,1 +1,40 @@
-"""pytest plugin: fixtures for synthetic MoE checkpoints."""
+"""pytest plugin: `moe_checkpoint`, a session-wide factory of synthetic MoE checkpoints.
+
+    def test_loads(moe_checkpoint):
+        path = moe_checkpoint("qwen3_moe", precision="f32", num_experts=32)
+        model, tokenizer = mlx_lm.load(str(path))
+
+Each distinct set of arguments is built once per session (per xdist worker) and shared by
+every test that asks for it, so treat the directory as read-only: copy it to change it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def moe_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`moe_checkpoint(family, layout="stacked", precision="q4", **overrides) -> Path`.
+
+    `overrides` are the other `CheckpointSpec` fields: seed, skew, num_layers, hidden_size,
+    moe_intermediate_size, num_experts, top_k.
+    """
+    # Imported here so that loading the plugin, in every pytest run, stays cheap.
+    from moe_testing import CheckpointSpec, build_checkpoint
+
+    root = tmp_path_factory.mktemp("moe_checkpoints")
+    built: dict[CheckpointSpec, Path] = {}
+
+    def checkpoint(
+        family: str, layout: str = "stacked", precision: str = "q4", **overrides: object
+    ) -> Path:
+        spec = CheckpointSpec(family, layout, precision, **overrides)
+        if spec not in built:
+            built[spec] = build_checkpoint(spec, root)
+        return built[spec]
+
+    return checkpoint

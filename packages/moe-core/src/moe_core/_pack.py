@@ -1,0 +1,171 @@
+"""The packed expert layout: one aligned, contiguous record per expert, so a miss is one read.
+
+File layout: the magic `MOEPACK1`, a little-endian u64 header length, a JSON header (format
+version, the source checkpoint's fingerprint, and per bank its module path, params, record size and
+offset), then the records, every one starting on a 4 KiB boundary. Packing reads expert byte ranges
+from the checkpoint with `pread`, never whole tensors, and writes to a temporary file that is
+renamed into place only once complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import mlx.nn as nn
+import numpy as np
+
+from ._checkpoint import BankMap, find_banks, fingerprint, map_checkpoint
+from ._errors import CheckpointError
+from ._store import ExpertStore
+
+MAGIC = b"MOEPACK1"
+VERSION = 1
+ALIGN = 4096
+PACK_NAME = "experts.moepack"
+_BATCH_BYTES = 64 * 1024 * 1024
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _layout(maps: list[BankMap], source: str, header_room: int) -> dict:
+    offset = _align(16 + header_room)
+    banks = []
+    for bank in maps:
+        record = _align(bank.expert_bytes)
+        banks.append(
+            {
+                "path": bank.path,
+                "num_experts": bank.num_experts,
+                "record_bytes": record,
+                "offset": offset,
+                "params": [
+                    {
+                        "name": p.name,
+                        "dtype": str(p.dtype),
+                        "shape": list(p.shape),
+                        "nbytes": p.nbytes,
+                    }
+                    for p in bank.params
+                ],
+            }
+        )
+        offset += record * bank.num_experts
+    return {
+        "format": "moe-pack",
+        "version": VERSION,
+        "fingerprint": source,
+        "banks": banks,
+        "end": offset,
+    }
+
+
+def pack(
+    model: nn.Module,
+    model_path: str | Path,
+    out: str | Path | None = None,
+    *,
+    threads: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write the packed layout of a lazily loaded model's experts; returns its path.
+
+    `progress(done_bytes, total_bytes)` is called as records are written.
+    """
+    model_path = Path(model_path)
+    out = Path(out) if out is not None else model_path / PACK_NAME
+    maps = map_checkpoint(model_path, find_banks(model))
+    source = fingerprint(model_path)
+    # Size the header once with a generous guess for the offsets' digits, then fill it in.
+    draft = json.dumps(_layout(maps, source, 0)).encode()
+    layout = _layout(maps, source, len(draft) + 1024)
+    header = json.dumps(layout).encode()
+    total = layout["end"]
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    store = ExpertStore(maps, threads=threads)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + struct.pack("<Q", len(header)) + header)
+            done = f.tell()
+            for bank, entry in zip(maps, layout["banks"], strict=True):
+                f.write(b"\0" * (entry["offset"] - done))
+                record = entry["record_bytes"]
+                batch = max(1, _BATCH_BYTES // record)
+                staging = np.zeros((batch, record), dtype=np.uint8)
+                dests, start = [], 0
+                for p in bank.params:
+                    dests.append(staging[:, start : start + p.nbytes])
+                    start += p.nbytes
+                for first in range(0, bank.num_experts, batch):
+                    count = min(batch, bank.num_experts - first)
+                    staging[:count] = 0
+                    store.read(bank, [(first + i, i) for i in range(count)], dests)
+                    f.write(memoryview(staging[:count]).cast("B"))
+                    done = entry["offset"] + (first + count) * record
+                    if progress is not None:
+                        progress(done, total)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        store.close()
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def open_pack(path: str | Path, maps: list[BankMap], source: str) -> list[BankMap]:
+    """Bank maps that read from the packed file at `path` instead of the checkpoint.
+
+    Raises CheckpointError when the file is not a pack of this checkpoint, or is truncated.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+            if magic != MAGIC:
+                raise CheckpointError(f"{path}: not a moe packed expert file")
+            (length,) = struct.unpack("<Q", f.read(8))
+            layout = json.loads(f.read(length))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read packed expert file ({e})") from None
+    if layout.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: packed format version {layout.get('version')}, expected {VERSION}"
+        )
+    if layout.get("fingerprint") != source:
+        raise CheckpointError(
+            f"{path}: packed from checkpoint {layout.get('fingerprint')}, but this checkpoint is "
+            f"{source}; run `moe pack` again"
+        )
+    if path.stat().st_size < layout["end"]:
+        raise CheckpointError(f"{path}: truncated ({path.stat().st_size} of {layout['end']} bytes)")
+    entries = {entry["path"]: entry for entry in layout["banks"]}
+    packed = []
+    for bank in maps:
+        entry = entries.get(bank.path)
+        described = [(p.name, str(p.dtype), list(p.shape), p.nbytes) for p in bank.params]
+        if entry is None or described != [
+            (p["name"], p["dtype"], p["shape"], p["nbytes"]) for p in entry["params"]
+        ]:
+            raise CheckpointError(f"{path}: holds no matching record layout for {bank.path}")
+        base = entry["offset"] + entry["record_bytes"] * np.arange(bank.num_experts, dtype=np.int64)
+        params, start = [], 0
+        for p in bank.params:
+            params.append(
+                replace(
+                    p,
+                    files=(path,) * bank.num_experts,
+                    offsets=base + start,
+                    tensors=(f"{PACK_NAME}:{bank.path}.{p.name}",) * bank.num_experts,
+                )
+            )
+            start += p.nbytes
+        packed.append(BankMap(bank.index, bank.path, bank.num_experts, tuple(params)))
+    return packed
