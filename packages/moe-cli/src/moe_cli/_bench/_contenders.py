@@ -27,10 +27,10 @@ class Contender:
 
 CONTENDERS = {
     "mlx": Contender("mlx-lm (resident)", "mlx"),
-    "moe": Contender("moe (checkpoint)", "moe", (("packed", False),)),
-    "moe-packed": Contender("moe (packed)", "moe", (("packed", True), ("lookahead", False))),
+    "moe": Contender("moe (checkpoint)", "moe", (("packed", None), ("lookahead", False))),
+    "moe-packed": Contender("moe (packed)", "moe", (("packed", "auto"), ("lookahead", False))),
     "moe-lookahead": Contender(
-        "moe (packed + lookahead)", "moe", (("packed", True), ("lookahead", True))
+        "moe (packed + lookahead)", "moe", (("packed", "auto"), ("lookahead", True))
     ),
     "bigrig": Contender("bigrig 0.9.1", "bigrig"),
 }
@@ -53,8 +53,9 @@ def child_options(contender: Contender, features: set[str]) -> dict:
     options = dict(contender.options)
     if contender.kind != "moe":
         return options
-    if options.get("packed") is False and "packed" not in features:
-        options.pop("packed")  # without a packed layout, moe always reads the checkpoint
+    for key in ("packed", "lookahead"):
+        if not options.get(key) and key not in features:
+            options.pop(key)  # an older moe-core always reads the checkpoint, without lookahead
     missing = [k for k, v in options.items() if v and k not in features]
     if missing:
         raise RuntimeError(f"this moe-core has no {', '.join(missing)} yet")
