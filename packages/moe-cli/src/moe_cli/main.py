@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import chat, generate, inspect, profile, serve
+from . import bench, chat, generate, inspect, profile, serve
 
 app = typer.Typer(
     name="moe",
@@ -26,6 +26,7 @@ app.command("generate")(generate.generate)
 app.command("chat")(chat.chat)
 app.add_typer(profile.app, name="profile")
 app.command("inspect")(inspect.inspect)
+app.command("bench")(bench.bench)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,13 @@
+"""The `moe bench` harness (private): bench checkpoints, fair cold runs, targets as JSON."""
+
+from ._checkpoint import QWEN3_CODER_NEXT, BenchSpec, bench_checkpoint
+from ._harness import BenchConfig, run_bench, targets
+
+__all__ = [
+    "QWEN3_CODER_NEXT",
+    "BenchConfig",
+    "BenchSpec",
+    "bench_checkpoint",
+    "run_bench",
+    "targets",
+]
