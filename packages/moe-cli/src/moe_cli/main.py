@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, chat, generate, inspect, profile, serve
+from . import bench, chat, generate, inspect, pack, profile, serve
 
 app = typer.Typer(
     name="moe",
@@ -27,6 +27,7 @@ app.command("chat")(chat.chat)
 app.add_typer(profile.app, name="profile")
 app.command("inspect")(inspect.inspect)
 app.command("bench")(bench.bench)
+app.command("pack")(pack.pack)
 
 if __name__ == "__main__":
     app()
