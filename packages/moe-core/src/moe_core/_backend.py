@@ -121,7 +121,8 @@ class CUDABackend:
         return int(mx.get_peak_memory())
 
     def set_limits(self, memory: int) -> None:
-        _set_mlx_limits(min(memory, self.available_memory()))
+        # Managed memory past what the card has free would page, or hang the GPU.
+        _set_mlx_limits(min(memory, self.available_memory() * 8 // 9))
 
 
 Backend = CPUBackend | MetalBackend | CUDABackend
@@ -140,7 +141,10 @@ def detect_backend() -> Backend:
 
 
 def _set_mlx_limits(memory: int) -> None:
-    mx.set_memory_limit(memory)
+    # The budget is kept by sizing the slots; MLX's own limit is a backstop above it. Set at the
+    # budget itself it stalls every allocation near the top (measured on CUDA: time to first
+    # token 171 s against 10 s at the same capacity and the same 15.8 GB peak).
+    mx.set_memory_limit(memory + memory // 8)
     mx.set_cache_limit(cache_limit(memory))
 
 

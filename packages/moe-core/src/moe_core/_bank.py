@@ -55,6 +55,7 @@ class Layer:
         None  # (projection, param) to upload, when not direct
     )
     unsent: list[int] = field(default_factory=list)  # staged slots read but not uploaded yet
+    recent_misses: int = 0  # misses counted when the lookahead last looked at this layer
 
     def wait(self) -> None:
         """Let reads started by the previous layer's lookahead land before computing."""
@@ -101,8 +102,15 @@ class Lookahead:
     router: nn.Module
     top_k: int
     predicted: int = 0
+    skipped: int = 0
 
     def start(self, x: mx.array) -> None:
+        # Predicting costs a host sync; when the next layer has been hitting, it only slows decode.
+        if self.next.cache.stats.misses == self.next.recent_misses:
+            self.skipped += 1
+            if self.skipped % 8:
+                return
+        self.next.recent_misses = self.next.cache.stats.misses
         scores = self.router(x)
         if isinstance(scores, tuple):  # MoEGate-style routers return (indices, scores)
             picks = scores[0]
