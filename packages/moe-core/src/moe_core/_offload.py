@@ -16,7 +16,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from ._backend import Backend, cache_limit, detect_backend
+from ._backend import CACHE_BYTES, Backend, detect_backend
 from ._bank import MISS_MODES, Layer, Lookahead, OffloadedBank, TraceHook, tap_router
 from ._cache import ExpertCache
 from ._checkpoint import BankMap, bank_params, find_banks, fingerprint, layer_number, map_checkpoint
@@ -314,8 +314,7 @@ def _budget(
     num_experts = geometry.num_experts
     expert_bytes = geometry.expert_bytes
     base = backend.process_memory()
-    planned = memory if memory is not None else backend.available_memory()
-    scratch = _MARGIN + cache_limit(planned) + _activation_bytes(geometry)
+    scratch = _MARGIN + CACHE_BYTES + _activation_bytes(geometry)
     common = dict(
         backend=backend.name,
         base_bytes=base,
@@ -337,7 +336,7 @@ def _budget(
         return Budget(tuple(caps), "capacity given", None, **common)
 
     given = memory is not None
-    memory = planned
+    memory = memory if given else backend.available_memory()
     fixed = base + geometry.dense_bytes + scratch + reserve
     per_slot = sum(expert_bytes)  # one slot in every MoE layer
     slots = (memory - fixed) // per_slot
