@@ -31,44 +31,17 @@ def record_fixture_trace(
 ) -> Trace:
     """Build a small random-weight qwen3_moe checkpoint, offload it, decode, record its routing."""
     import mlx.core as mx
-    import mlx.nn as nn
     import numpy as np
-    from mlx_lm.models import qwen3_moe
     from mlx_lm.models.cache import make_prompt_cache
     from mlx_lm.sample_utils import make_sampler
-    from mlx_lm.utils import load_model, save_config, save_model
+    from mlx_lm.utils import load_model
 
     import moe_core
     from moe_profiles import TraceRecorder
+    from moe_testing import CheckpointSpec, build_checkpoint
 
-    cfg = dict(
-        model_type="qwen3_moe",
-        hidden_size=128,
-        num_hidden_layers=4,
-        intermediate_size=256,
-        num_attention_heads=4,
-        num_experts=64,
-        num_experts_per_tok=4,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
-        moe_intermediate_size=64,
-        rms_norm_eps=1e-6,
-        vocab_size=512,
-        num_key_value_heads=2,
-        head_dim=32,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        max_position_embeddings=1024,
-        norm_topk_prob=True,
-    )
-    mx.random.seed(0)
-    model = qwen3_moe.Model(qwen3_moe.ModelArgs.from_dict(cfg))
-    nn.quantize(model, 64, 4)
-    mx.eval(model.parameters())
-    cfg["quantization"] = {"group_size": 64, "bits": 4}
-    save_model(out_dir, model, donate_model=False)
-    save_config(cfg, out_dir / "config.json")
-
+    spec = CheckpointSpec("qwen3_moe", num_layers=4, hidden_size=128, num_experts=64, top_k=4)
+    out_dir = build_checkpoint(spec, out_dir)
     model, _ = load_model(out_dir, lazy=True)
     handle = moe_core.offload(model, out_dir, capacity=32)
     mx.eval(model.parameters())
