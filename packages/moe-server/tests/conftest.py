@@ -3,6 +3,7 @@ the unmodified mlx-lm model to compare with, and a real uvicorn server on a free
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
 import threading
@@ -17,14 +18,13 @@ from moe_runtime import Session
 from moe_server import create_app
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _fixture_model import CAPACITY, build
+from _fixture_model import CAPACITY, NUM_EXPERTS, NUM_LAYERS, TOP_K
 
 
 @pytest.fixture(scope="session")
-def model_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "tiny-moe"
-    path.mkdir()
-    return build(path)
+def model_path(moe_checkpoint, tmp_path_factory) -> Path:
+    built = moe_checkpoint("qwen3_moe", num_layers=NUM_LAYERS, num_experts=NUM_EXPERTS, top_k=TOP_K)
+    return Path(shutil.copytree(built, tmp_path_factory.mktemp("models") / "tiny-moe"))
 
 
 @pytest.fixture(scope="session")
