@@ -124,3 +124,35 @@ def test_staged_uploads_are_identical(moe_checkpoint, lookahead):
     got, got_tokens = greedy(model, tokens, 10)
     assert got_tokens == want_tokens and identical(got, want)
     assert handle.stats()["misses"] > 0
+
+
+class _NoHostSync:
+    """numpy, except that reading an MLX array back to the host fails the test."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def array(self, *args, **kwargs):
+        raise AssertionError("a fully resident layer synced with the host")
+
+
+def test_fully_resident_layers_decode_without_host_sync(moe_checkpoint, monkeypatch):
+    import moe_core._bank as bank
+
+    path = moe_checkpoint("qwen3_moe", "stacked", "q4")
+    ref = reference(path)
+    model, handle = offloaded(path, capacity=capacity(path, "full"))
+    tokens = prompt(vocab_size(ref), 1)  # touches top_k experts of each layer, not all
+    ref_logits, ref_tokens = greedy(ref, tokens, 6)
+    logits, out = greedy(model, tokens, 6)
+    assert out == ref_tokens and identical(logits, ref_logits)
+    # The experts decode had not touched were read in the background; then every layer switched.
+    assert sum(layer["prefetched"] for layer in handle.stats()["layers"]) > 0
+    assert all(layer.table is not None for layer in handle.layers)
+    assert all(len(r) == e for r, e in zip(handle.resident(), handle.num_experts, strict=True))
+    before = handle.stats()["hits"]
+    monkeypatch.setattr(bank, "np", _NoHostSync())
+    step = mx.array([[ref_tokens[-1]]])
+    mx.eval(model(step))
+    assert handle.stats()["hits"] > before
+    handle.close()

@@ -56,6 +56,9 @@ class Layer:
     )
     unsent: list[int] = field(default_factory=list)  # staged slots read but not uploaded yet
     recent_misses: int = 0  # misses counted when the lookahead last looked at this layer
+    # Every expert resident with a slot of its own (capacity covers the layer), so nothing is
+    # ever evicted: the router's ids map to slots on the device, with no host sync.
+    table: mx.array | None = None
 
     def wait(self) -> None:
         """Let reads started by the previous layer's lookahead land before computing."""
@@ -81,6 +84,19 @@ class Layer:
             if self.staged is not None:
                 self.unsent.extend(slot for _, slot in loads)
 
+    def complete(self) -> None:
+        """Once the cache can hold every expert, read the ones not seen yet (in the background)
+        and, when all are in, switch to the device-side slot table."""
+        cache = self.cache
+        if self.table is not None or cache.capacity < cache.num_experts:
+            return
+        absent = np.flatnonzero(cache.slot_of < 0)
+        if absent.size == 0:
+            self.wait()
+            self.table = mx.array(cache.slot_of.astype(np.uint32))
+        elif self.pending is None:
+            self.prefetch(absent)
+
     def load(self, loads: list[tuple[int, int]]) -> None:
         if not loads:
             return
@@ -105,6 +121,8 @@ class Lookahead:
     skipped: int = 0
 
     def start(self, x: mx.array) -> None:
+        if self.next.table is not None:  # every expert of the next layer is resident
+            return
         # Predicting costs a host sync; when the next layer has been hitting, it only slows decode.
         if self.next.cache.stats.misses == self.next.recent_misses:
             self.skipped += 1
@@ -186,8 +204,12 @@ class OffloadedBank(nn.Module):
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         layer = self._layer
-        ids = np.array(indices)  # [..., k]; the one host sync of this layer
         hook = layer.trace[0]
+        if layer.table is not None and hook is None and layer.miss == "exact":
+            layer.cache.stats.hits += indices.size
+            layer.cache.stats.steps += 1
+            return self.bank(x, layer.table[indices])
+        ids = np.array(indices)  # [..., k]; the one host sync of this layer
         if hook is not None:
             hook(layer.map.index, ids.reshape(-1, ids.shape[-1]))
         needed = np.unique(ids).astype(np.int64)
@@ -205,6 +227,7 @@ class OffloadedBank(nn.Module):
             # Decode-sized steps only: a prefill chunk touches most experts anyway.
             if ahead is not None and needed.size * 2 <= ahead.next.cache.capacity:
                 ahead.start(x)
+            layer.complete()
             return out
         return self._in_waves(x, ids, wave, waves)
 
