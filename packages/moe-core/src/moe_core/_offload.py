@@ -16,7 +16,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from ._backend import CACHE_BYTES, Backend, detect_backend
+from ._backend import Backend, detect_backend
 from ._bank import MISS_MODES, Layer, Lookahead, OffloadedBank, TraceHook, tap_router
 from ._cache import ExpertCache
 from ._checkpoint import BankMap, bank_params, find_banks, fingerprint, layer_number, map_checkpoint
@@ -28,6 +28,7 @@ from ._store import ExpertStore
 # Tokens per prefill chunk the activation headroom is sized for (mlx-lm prefills in chunks).
 PREFILL_TOKENS = 512
 _MARGIN = 64 * 1024 * 1024
+_LINEAR_STATE = ("linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,9 @@ class Geometry:
     top_k: tuple[int | None, ...]
     dense_bytes: int
     vocab_size: int = 0
+    # Float32 recurrent state of one token in a linear-attention layer (Qwen3-Next's gated delta
+    # net): mlx-lm's reference implementation keeps one per prompt token while it prefills.
+    state_bytes_per_token: int = 0
 
     @property
     def expert_bytes(self) -> tuple[int, ...]:
@@ -69,13 +73,23 @@ def describe(model: nn.Module, model_path: str | Path) -> Geometry:
     maps = map_checkpoint(Path(model_path), banks)
     expert_ids = {id(a) for _, bank in banks for a in bank_params("", bank).values()}
     dense = sum(a.nbytes for _, a in tree_flatten(model.parameters()) if id(a) not in expert_ids)
-    vocab = getattr(getattr(model, "args", None), "vocab_size", 0)
+    args = getattr(model, "args", None)
+    vocab = getattr(args, "vocab_size", 0)
     return Geometry(
         tuple(maps),
         tuple(_top_k(model, path) for path, _ in banks),
         dense,
         vocab if isinstance(vocab, int) else 0,
+        _state_bytes(args),
     )
+
+
+def _state_bytes(args) -> int:
+    dims = [getattr(args, n, None) for n in _LINEAR_STATE]
+    if not all(isinstance(d, int) for d in dims):
+        return 0
+    heads, key, value = dims
+    return heads * key * value * 4
 
 
 class OffloadHandle:
@@ -314,7 +328,8 @@ def _budget(
     num_experts = geometry.num_experts
     expert_bytes = geometry.expert_bytes
     base = backend.process_memory()
-    scratch = _MARGIN + CACHE_BYTES + _activation_bytes(geometry)
+    activations = _activation_bytes(geometry)
+    scratch = _MARGIN + backend.cache_reserve(activations) + activations
     common = dict(
         backend=backend.name,
         base_bytes=base,
@@ -359,13 +374,15 @@ def _budget(
 
 
 def _activation_bytes(geometry: Geometry) -> int:
-    """Float32 activations of one prefill chunk through the widest expert bank, and its logits."""
+    """Float32 activations of one prefill chunk through the widest expert bank, its logits, and
+    the recurrent states a linear-attention layer keeps while it prefills."""
     widest = 0
     for bank, k in zip(geometry.banks, geometry.top_k, strict=True):
         rows = {p.name.split(".")[0]: p.shape for p in bank.params if p.name.endswith("weight")}
         hidden = sum(shape[0] for shape in rows.values())
         widest = max(widest, (k or 1) * hidden)
-    return PREFILL_TOKENS * (widest + geometry.vocab_size) * 4 * 2
+    per_token = (widest + geometry.vocab_size) * 4 * 2 + geometry.state_bytes_per_token
+    return PREFILL_TOKENS * per_token
 
 
 def _top_k(model: nn.Module, path: str) -> int | None:
