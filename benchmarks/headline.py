@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import json
 import os
 import platform
+import pstats
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,7 +109,7 @@ def build(out: Path, *, layers: int, experts: int, skew: float, seed: int = 0) -
             f.write(struct.pack("<Q", len(raw)) + raw)
             for name, arr, _, dtype in entries:
                 if ".switch_mlp." in name:
-                    _write_random(f, arr.nbytes, block, dtype, rng)
+                    _write_random(f, name, arr.nbytes, block, dtype, rng)
                 else:
                     mx.eval(arr)
                     view = arr.view(mx.uint16) if arr.dtype == mx.bfloat16 else arr
@@ -148,11 +151,15 @@ def _calibrate(model, direction, offsets, experts: int, top_k: int, target: floa
     return high
 
 
-def _write_random(f, nbytes: int, block, dtype: str, rng) -> None:
+def _write_random(f, name: str, nbytes: int, block, dtype: str, rng) -> None:
     import numpy as np
 
-    if dtype != "U32":  # scales and biases: small, finite bf16 values
-        f.write(np.full(nbytes // 2, 0x3A80, dtype=np.uint16).tobytes())
+    if dtype != "U32":
+        # Scale 2^-10 and bias -7.5 scales: 4-bit weights centred on zero. (Biases equal to the
+        # scales made every weight positive, so each expert added the same direction to every
+        # token's hidden state and later layers' routers all picked the same few experts.)
+        bits = 0x3A80 if name.endswith("scales") else 0xBBF0
+        f.write(np.full(nbytes // 2, bits, dtype=np.uint16).tobytes())
         return
     raw = block.view(np.uint8)
     while nbytes:
@@ -203,8 +210,23 @@ def disk(model: Path, seconds: float = 8.0) -> dict:
     return {"sequential_mb_s": sequential / 1e6, "expert_random_mb_s": random_rate / 1e6}
 
 
-def run(model: Path, mode: str, memory: str | None, prompt_tokens: int, decode: int) -> dict:
-    """One contender in this process: TTFT of a `prompt_tokens` prompt, then greedy decode."""
+def run(
+    model: Path,
+    mode: str,
+    memory: str | None,
+    prompt_tokens: int,
+    decode: int,
+    capacity: int | None = None,
+    profile: bool = False,
+    mlx_limits: bool = True,
+) -> dict:
+    """One contender in this process: TTFT of a `prompt_tokens` prompt, then greedy decode.
+
+    `capacity` (slots per layer) replaces the memory budget; `profile` adds the decode's busiest
+    functions by own time, to see where a token's time goes; without `mlx_limits` the budget's
+    capacity is used but MLX's memory limits stay at their defaults (for comparison).
+    `footprint_gb` is the peak of MLX's active plus cached memory, sampled every 10 ms: what the
+    process holds on the device, where `peak_memory_gb` counts live arrays only."""
     import mlx.core as mx
     import numpy as np
     from mlx_lm.generate import generate_step
@@ -219,7 +241,13 @@ def run(model: Path, mode: str, memory: str | None, prompt_tokens: int, decode: 
     m, _ = load_model(model, lazy=lazy)
     handle, counts = None, None
     if mode == "moe":
-        handle = moe_core.offload(m, model, memory=moe_core.parse_size(memory))
+        if not capacity and not mlx_limits:
+            geometry = moe_core.describe(m, model)
+            capacity = moe_core.plan_budget(geometry, memory=moe_core.parse_size(memory)).capacity
+        if capacity:
+            handle = moe_core.offload(m, model, capacity=capacity)
+        else:
+            handle = moe_core.offload(m, model, memory=moe_core.parse_size(memory))
         mx.eval(m.parameters())
         num_experts = handle.num_experts[0]
         counts = np.zeros((len(handle.capacity), num_experts), dtype=np.int64)
@@ -227,21 +255,39 @@ def run(model: Path, mode: str, memory: str | None, prompt_tokens: int, decode: 
         def trace(layer, ids):
             np.add.at(counts[layer], ids.ravel(), 1)
 
-        handle.set_trace(trace)
+        if handle.capacity[0] < num_experts:  # a fully resident run keeps its sync-free path
+            handle.set_trace(trace)
     load_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, 100_000, size=prompt_tokens).tolist()
     tokens, ttft, t_first = [], None, None
+    footprint = [0]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.01):
+            footprint[0] = max(footprint[0], mx.get_active_memory() + mx.get_cache_memory())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     start = time.perf_counter()
     steps = generate_step(mx.array(prompt), m, max_tokens=decode + 1, sampler=make_sampler(0.0))
+    profiler = None
     for token, _ in steps:
         if ttft is None:
             ttft = time.perf_counter() - start
             t_first = time.perf_counter()
             if handle is not None:
                 prefill_stats = handle.stats()
+            if profile:
+                profiler = cProfile.Profile()
+                profiler.enable()
         tokens.append(int(token))
     decode_s = time.perf_counter() - t_first
+    sampling.set()
+    sampler.join()
+    if profiler is not None:
+        profiler.disable()
     result = {
         "mode": mode,
         "memory": memory,
@@ -251,10 +297,23 @@ def run(model: Path, mode: str, memory: str | None, prompt_tokens: int, decode: 
         "decode_tok_s": (len(tokens) - 1) / decode_s,
         "tokens": tokens,
         "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        "footprint_gb": footprint[0] / 1e9,
         "backend": mx.default_device().type.name
         if hasattr(mx.default_device().type, "name")
         else str(mx.default_device()),
     }
+    if profiler is not None:
+        rows = pstats.Stats(profiler).stats.items()
+        busiest = sorted(rows, key=lambda kv: -kv[1][2])[:15]
+        result["decode_profile"] = [
+            {
+                "function": f"{Path(f).name}:{line}:{fn}",
+                "calls": v[1],
+                "own_s": v[2],
+                "total_s": v[3],
+            }
+            for (f, line, fn), v in busiest
+        ]
     if handle is not None:
         stats = handle.stats()
         decode_hits = stats["hits"] - prefill_stats["hits"]
@@ -272,7 +331,7 @@ def run(model: Path, mode: str, memory: str | None, prompt_tokens: int, decode: 
             / max(1, decode),
             miss_service_mb_s=stats["read_mb_per_s"],
             read_seconds=stats["read_seconds"],
-            top20_share=float(top),
+            top20_share=float(top) if counts.any() else None,
             budget_reason=stats["budget"]["reason"],
         )
         handle.close()
@@ -306,6 +365,11 @@ def main() -> None:
         p.add_argument("--experts", type=int, default=512)
         p.add_argument("--skew", type=float, default=0.65, help="top-20%% share")
         p.add_argument("--memory", default="16GB")
+        p.add_argument("--capacity", type=int, help="slots per layer, instead of --memory")
+        p.add_argument("--profile", action="store_true", help="profile the decode (run only)")
+        p.add_argument(
+            "--no-mlx-limits", action="store_true", help="the budget's capacity, MLX limits unset"
+        )
         p.add_argument("--prompt", type=int, default=512)
         p.add_argument("--decode", type=int, default=32)
         p.add_argument("--mode", default="moe", choices=["moe", "mlx-lm"])
@@ -319,7 +383,19 @@ def main() -> None:
         return
     if args.command == "run":
         print(
-            "RESULT " + json.dumps(run(args.dir, args.mode, args.memory, args.prompt, args.decode))
+            "RESULT "
+            + json.dumps(
+                run(
+                    args.dir,
+                    args.mode,
+                    args.memory,
+                    args.prompt,
+                    args.decode,
+                    args.capacity,
+                    args.profile,
+                    not args.no_mlx_limits,
+                )
+            )
         )
         return
     start = time.perf_counter()
@@ -333,7 +409,8 @@ def main() -> None:
     modes = ["moe"] if args.skip_reference else ["moe", "mlx-lm"]
     for mode in modes:
         cmd = [sys.executable, __file__, "run", "--dir", str(args.dir), "--mode", mode,
-               "--memory", args.memory, "--prompt", str(args.prompt), "--decode", str(args.decode)]  # fmt: skip
+               "--memory", args.memory, "--prompt", str(args.prompt), "--decode", str(args.decode),
+               *(["--capacity", str(args.capacity)] if args.capacity else [])]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
         report[mode] = json.loads(lines[-1][7:]) if lines else {"error": out.stderr[-3000:]}
