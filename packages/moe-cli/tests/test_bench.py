@@ -65,18 +65,18 @@ def test_moe_rows_carry_cache_figures_and_exactness(doc):
     mlx = rows["mlx-lm (resident)", 1.0]["raw"][0]
     for frac in (1.0, 0.5):
         r = rows["moe (checkpoint)", frac]
-        assert 0 <= r["hit_rate"] <= r["belady_hit_rate"] + 1e-9 <= 1
+        assert 0 <= r["hit_rate"] <= 1 and 0 <= r["belady_hit_rate"] <= 1
         assert r["miss_service_mb_s"] > 0 and r["bytes_per_decode_token"] is not None
         assert 0.2 <= r["top20_share"] <= 1
         # exact mode: the same greedy tokens as the unmodified model
         assert r["raw"][0]["last_token"] == mlx["last_token"]
         p = r["prefill"]
         assert p["chunks"] >= 2 and 0 < p["misses"] <= p["touched"]
-    # a cold cache at capacity == experts reads each touched expert once and never evicts
-    assert (
-        rows["moe (checkpoint)", 1.0]["belady_hit_rate"]
-        == rows["moe (checkpoint)", 1.0]["hit_rate"]
-    )
+    # Demand fetching cannot beat Belady's optimum; at capacity == experts moe also reads the
+    # experts decode has not touched yet in the background, so their first use is a hit.
+    half, full = rows["moe (checkpoint)", 0.5], rows["moe (checkpoint)", 1.0]
+    assert half["hit_rate"] <= half["belady_hit_rate"] + 1e-9
+    assert full["hit_rate"] >= full["belady_hit_rate"] - 1e-9
 
 
 def test_targets_are_ratios_of_the_rows(doc):
