@@ -156,3 +156,37 @@ def test_fully_resident_layers_decode_without_host_sync(moe_checkpoint, monkeypa
     mx.eval(model(step))
     assert handle.stats()["hits"] > before
     handle.close()
+
+
+class _Counter:
+    """A counts-only trace hook: sums choices per layer from either path."""
+
+    counts_only = True
+
+    def __init__(self, num_experts):
+        self.counts = [np.zeros(n, dtype=np.int64) for n in num_experts]
+
+    def __call__(self, layer, ids):
+        self.counts[layer] += np.bincount(ids.ravel(), minlength=self.counts[layer].size)
+
+    def add_counts(self, layer, counts):
+        self.counts[layer] += counts
+
+
+def test_counting_hooks_keep_the_sync_free_path_and_lose_no_count(moe_checkpoint, monkeypatch):
+    import moe_core._bank as bank
+
+    path = moe_checkpoint("qwen3_moe", "stacked", "q4")
+    model, handle = offloaded(path, capacity=capacity(path, "full"))
+    counter = _Counter(handle.num_experts)
+    handle.set_trace(counter)
+    _, out = greedy(model, prompt(vocab_size(model), 1), 6)  # 7 tokens through every layer
+    assert all(layer.table is not None for layer in handle.layers)
+    monkeypatch.setattr(bank, "np", _NoHostSync())
+    for token in out[:3]:
+        mx.eval(model(mx.array([[token]])))
+    monkeypatch.undo()
+    handle.flush_trace()
+    top_k = model.args.num_experts_per_tok
+    assert [int(c.sum()) for c in counter.counts] == [10 * top_k] * len(handle.layers)
+    handle.close()

@@ -22,6 +22,10 @@ from ._checkpoint import BankMap
 from ._store import ExpertStore, slot_tensor, upload
 
 TraceHook = Callable[[int, np.ndarray], None]
+# A hook with `counts_only = True` and `add_counts(layer, counts)` needs how often each expert was
+# chosen, not the order: sync-free layers count on the device and hand it over every
+# `COUNT_EVERY` steps and on `OffloadHandle.flush_trace`.
+COUNT_EVERY = 64
 
 MISS_MODES = ("exact", "skip")
 
@@ -59,6 +63,8 @@ class Layer:
     # Every expert resident with a slot of its own (capacity covers the layer), so nothing is
     # ever evicted: the router's ids map to slots on the device, with no host sync.
     table: mx.array | None = None
+    counts: mx.array | None = None  # [E] choices counted on the device for a counts-only hook
+    counted: int = 0  # steps in `counts`
 
     def wait(self) -> None:
         """Let reads started by the previous layer's lookahead land before computing."""
@@ -96,6 +102,27 @@ class Layer:
             self.table = mx.array(cache.slot_of.astype(np.uint32))
         elif self.pending is None:
             self.prefetch(absent)
+
+    def count(self, indices: mx.array) -> None:
+        """Count one step's choices on the device, handing them to the hook now and then."""
+        flat = indices.reshape(-1)
+        add = (
+            mx.zeros((self.map.num_experts,), dtype=mx.int32)
+            .at[flat]
+            .add(mx.ones(flat.shape, dtype=mx.int32))
+        )
+        self.counts = add if self.counts is None else self.counts + add
+        self.counted += 1
+        if self.counted >= COUNT_EVERY:
+            self.flush_counts()
+
+    def flush_counts(self) -> None:
+        if self.counts is None:
+            return
+        counts, self.counts, self.counted = np.array(self.counts), None, 0
+        hook = self.trace[0]
+        if hook is not None and getattr(hook, "counts_only", False):
+            hook.add_counts(self.map.index, counts.astype(np.int64))
 
     def load(self, loads: list[tuple[int, int]]) -> None:
         if not loads:
@@ -207,7 +234,10 @@ class OffloadedBank(nn.Module):
         hook = layer.trace[0]
         # One token's k experts are distinct, so its hits count as the synced path counts them.
         token = indices.size == indices.shape[-1]
-        if layer.table is not None and token and hook is None and layer.miss == "exact":
+        counting = hook is not None and getattr(hook, "counts_only", False)
+        if layer.table is not None and token and (hook is None or counting):
+            if counting:
+                layer.count(indices)
             layer.cache.stats.hits += indices.size
             layer.cache.stats.steps += 1
             return self.bank(x, layer.table[indices])

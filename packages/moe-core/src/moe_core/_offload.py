@@ -155,8 +155,18 @@ class OffloadHandle:
         return count
 
     def set_trace(self, hook: TraceHook | None) -> None:
-        """Call `hook(layer, ids)` with each step's selected experts `ids` ([tokens, k])."""
+        """Call `hook(layer, ids)` with each step's selected experts `ids` ([tokens, k]).
+
+        A hook that only counts (`counts_only = True`, with `add_counts(layer, counts)`) lets
+        layers holding all their experts skip the host sync: they count on the device and hand
+        the counts over in batches, and at `flush_trace`."""
+        self.flush_trace()
         self._trace[0] = hook
+
+    def flush_trace(self) -> None:
+        """Hand counts still held on the device to the counting hook."""
+        for layer in self.layers:
+            layer.flush_counts()
 
     def stats(self) -> dict:
         """Hits, misses, bytes and seconds read, in all and per MoE layer, and the budget."""

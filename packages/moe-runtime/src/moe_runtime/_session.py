@@ -321,6 +321,7 @@ class Session:
         """Write expert use counts and the resident set for the next start (also `close`)."""
         if self._warm_path is None:
             return None
+        self.handle.flush_trace()
         summary = {k: v for k, v in self.handle.stats().items() if k not in ("layers", "budget")}
         assert self._usage is not None
         save_state(
