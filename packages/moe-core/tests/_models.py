@@ -44,7 +44,11 @@ def greedy(model, tokens: mx.array, steps: int) -> tuple[list[mx.array], list[in
 
 
 def identical(a: list[mx.array], b: list[mx.array]) -> bool:
-    return len(a) == len(b) and all(mx.array_equal(x, y).item() for x, y in zip(a, b, strict=True))
+    # NaN where the unmodified model has NaN counts as equal (MLX CUDA 0.32.4 gives NaN prefill
+    # logits for some tiny q4 fixtures, offloaded or not).
+    return len(a) == len(b) and all(
+        mx.array_equal(x, y, equal_nan=True).item() for x, y in zip(a, b, strict=True)
+    )
 
 
 def vocab_size(model) -> int:
