@@ -5,6 +5,7 @@
 #   bash benchmarks/device/install_mlx_cuda.sh        # carrying .whl/a, .whl/b, .whl/c in turn
 #   bash benchmarks/device/headline.sh start
 #   bash benchmarks/device/headline.sh poll 500       # again until the log says "all done"
+#   bash benchmarks/device/headline.sh tests          # or only moe-core's tests on CUDA
 # Steps, each logged to /root/keep/run.log: the headline (builds the 48-layer checkpoint on the
 # device's disk, measures the disk, moe at a 16 GB budget, the unmodified model resident), moe at
 # the same capacity with MLX's limits left unset, moe with every expert resident and the decode
@@ -40,6 +41,11 @@ job)
     tail -40 "$keep/pytest.log"
     echo "all done"
     ;;
+tests)
+    # moe-core's tests alone on the CUDA backend, in the foreground (a few minutes).
+    python3 -m pytest -p moe_testing.plugin --import-mode=importlib -q --no-header -rf \
+        --tb=short -o addopts="" packages/moe-core/tests 2>&1 | tee "${OUT:-/tmp}/pytest.log"
+    ;;
 poll)
     end=$((SECONDS + ${2:-500}))
     while [ $SECONDS -lt "$end" ] && ! grep -q "all done" "$keep/run.log"; do sleep 10; done
@@ -48,7 +54,7 @@ poll)
     cp "$keep"/*.json "$keep"/*.log "${OUT:-/tmp}"/ 2>/dev/null
     ;;
 *)
-    echo "usage: $0 start | poll [seconds]" >&2
+    echo "usage: $0 start | poll [seconds] | tests" >&2
     exit 2
     ;;
 esac
