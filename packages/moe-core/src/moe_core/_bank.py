@@ -83,7 +83,10 @@ class Layer:
     def prefetch(self, experts: np.ndarray) -> None:
         """Start reading `experts` in the background; `wait` joins them."""
         self.wait()
-        loads = self.cache.prefetch(experts)
+        self.read_ahead(self.cache.prefetch(experts))
+
+    def read_ahead(self, loads: list[tuple[int, int]]) -> None:
+        """Start reading planned `loads` in the background; `wait` joins them (and uploads)."""
         if loads:
             self.stats.bytes_read += self.map.expert_bytes * len(loads)
             self.pending = self.store.submit(self.map, loads, self.dests)
@@ -274,14 +277,21 @@ class OffloadedBank(nn.Module):
             token, choice = np.nonzero(np.isin(flat_ids, wave.experts))
             slots = layer.cache.slot_of[flat_ids[token, choice]].astype(np.uint32)
             out = self.bank(flat_x[mx.array(token)], mx.array(slots[:, None]))  # [n, 1, D]
+            wave = next(waves, None)
+            if wave is not None and layer.staged is not None:
+                # Staged (CUDA): this wave's experts are on the device already, so the next
+                # wave's reads into the host buffers overlap its compute.
+                layer.read_ahead(wave.loads)
             # The next wave overwrites these slots: finish this one first.
             mx.eval(out)
             outputs.append(out[:, 0])
             order.append(token * k + choice)
-            wave = next(waves, None)
             if wave is None:
                 break
-            layer.load(wave.loads)
+            if layer.staged is not None:
+                layer.wait()
+            else:
+                layer.load(wave.loads)
         rows = mx.concatenate(outputs)[mx.array(np.argsort(np.concatenate(order)))]
         return rows.reshape(*lead, k, rows.shape[-1])
 
