@@ -22,6 +22,7 @@ class FakeProfile:
         self.pinned = {int(k): v for k, v in data["pinned"].items()}
         self._weights = data["weights"]
         self._counts = data["counts"]
+        self.top_k = data["top_k"]
 
     @classmethod
     def load(cls, path):
@@ -36,6 +37,14 @@ class FakeProfile:
         caps = [total_slots * w // total for w in self._weights]
         caps[0] += total_slots - sum(caps)
         return caps
+
+    def pinned_for(self, capacities: list[int]) -> dict[int, list[int]]:
+        out = {}
+        for layer, ids in self.pinned.items():
+            take = ids[: moe_profiles.pin_limit(capacities[layer], self.top_k)]
+            if take:
+                out[layer] = take
+        return out
 
     def hot(self, layer: int, n: int) -> list[int]:
         counts = self._counts[layer]
@@ -53,6 +62,7 @@ def profile_file(checkpoint, tmp_path, monkeypatch):
         "fingerprint": moe_core.fingerprint(path),
         "pinned": {"0": [3], "1": [7], "2": [5, 6]},
         "weights": [2, 1, 2, 1],
+        "top_k": 4,
         "counts": counts,
     }
     file = tmp_path / "profile.json"
@@ -170,3 +180,13 @@ def test_profile_capacities_under_a_memory_budget(ref, real_profile, tmp_path, s
         used = sum(c * e for c, e in zip(caps, expert_bytes, strict=True))
         assert used <= sum(c * e for c, e in zip(uniform, expert_bytes, strict=True))
         assert ref.run(s, PROMPTS[2], 8) == ref.tokens(path, PROMPTS[2], 8)
+
+
+def test_profile_pins_at_most_half_the_slots(profile_file, tmp_path):
+    path, file, data = profile_file
+    data = dict(data, pinned={"0": list(range(12))})
+    file.write_text(json.dumps(data))
+    with Session(path, capacity=12, profile=file, cache_dir=tmp_path) as s:
+        assert s.handle.capacity[0] == 16
+        # Pinning all but top_k slots (12) left the cache too few; the profile's own limit is half.
+        assert s.handle.pinned()[0] == set(range(8))

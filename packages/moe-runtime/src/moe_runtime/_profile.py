@@ -42,15 +42,15 @@ def profile_capacity(profile, plan, geometry, top_k: int) -> list[int]:
     return caps
 
 
-def apply_profile(handle, profile, top_k: int) -> int:
-    """Pin the profile's pinned experts (leaving `top_k` slots free per layer so a step can always
-    load what it needs) and prefetch the hottest others; returns how many experts were read."""
+def apply_profile(handle, profile) -> int:
+    """Pin the profile's pinned experts as its own limit allows (at most half of a layer's slots,
+    and top_k left free so a step can always load what it needs) and prefetch the hottest others;
+    returns how many experts were read.
+
+    Pinning up to all but top_k slots left LFUDA too few: on the demo model at 25% capacity the
+    hit rate fell to 0.63x Belady's on chat prompts (0.76x with no profile); at half, 0.71x."""
     capacity = handle.capacity
-    pins = {}
-    for layer, ids in profile.pinned.items():
-        room = max(0, capacity[layer] - top_k)
-        if room and ids:
-            pins[layer] = list(ids)[:room]
+    pins = profile.pinned_for(capacity)
     if pins:
         handle.pin(pins)
     pinned = handle.pinned()

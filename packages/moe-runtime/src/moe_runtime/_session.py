@@ -151,7 +151,7 @@ class Session:
         if self.profile is not None:
             from ._profile import apply_profile
 
-            self._warm["prefetched"] += apply_profile(self.handle, self.profile, self._top_k)
+            self._warm["prefetched"] += apply_profile(self.handle, self.profile)
         if self._warm_path is None:
             return
         state = load_state(self._warm_path, self._warm_key, self.handle.num_experts)
