@@ -50,6 +50,10 @@ def check(path, capacity):
     model, handle = offloaded(path, capacity=capacity)
     tokens = prompt(vocab_size(ref), 40)
     ref_logits, ref_tokens = greedy(ref, tokens, 10)
+    if mx.default_device() == mx.gpu and not identical(greedy(ref, tokens, 10)[0], ref_logits):
+        # MLX CUDA 0.32.4 gives these tiny q4 fixtures NaN and run-to-run different logits, the
+        # unmodified model as well: there is nothing to compare against.
+        pytest.skip("the unmodified model does not repeat its own logits on this backend")
     logits, out = greedy(model, tokens, 10)
     assert out == ref_tokens
     assert identical(logits, ref_logits)
