@@ -6,6 +6,7 @@
 #   bash benchmarks/device/headline.sh start
 #   bash benchmarks/device/headline.sh poll 500       # again until the log says "all done"
 #   bash benchmarks/device/headline.sh tests          # or only moe-core's tests on CUDA
+#   bash benchmarks/device/headline.sh moe            # or only build and moe at 16 GB (~5 min)
 # Steps, each logged to /root/keep/run.log: the headline (builds the 48-layer checkpoint on the
 # device's disk, measures the disk, moe at a 16 GB budget, the unmodified model resident), moe at
 # the same capacity with MLX's limits left unset, moe with every expert resident and the decode
@@ -46,6 +47,11 @@ tests)
     python3 -m pytest -p moe_testing.plugin --import-mode=importlib -q --no-header -rf \
         --tb=short -o addopts="" packages/moe-core/tests 2>&1 | tee "${OUT:-/tmp}/pytest.log"
     ;;
+moe)
+    # Build the checkpoint, measure the disk and run moe at 16 GB, in the foreground.
+    python3 benchmarks/headline.py all --dir /root/ckpt --memory 16GB --prompt 512 --decode 32 \
+        --skip-reference --json "${OUT:-/tmp}/headline-moe.json"
+    ;;
 poll)
     end=$((SECONDS + ${2:-500}))
     while [ $SECONDS -lt "$end" ] && ! grep -q "all done" "$keep/run.log"; do sleep 10; done
@@ -54,7 +60,7 @@ poll)
     cp "$keep"/*.json "$keep"/*.log "${OUT:-/tmp}"/ 2>/dev/null
     ;;
 *)
-    echo "usage: $0 start | poll [seconds] | tests" >&2
+    echo "usage: $0 start | poll [seconds] | tests | moe" >&2
     exit 2
     ;;
 esac
