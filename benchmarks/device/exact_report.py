@@ -17,7 +17,7 @@ import time
 import traceback
 
 import mlx.core as mx
-from _models import greedy, offloaded, prompt, reference, vocab_size
+from _models import greedy, identical, offloaded, prompt, reference, vocab_size
 from test_exact import capacity
 
 from moe_testing import CheckpointSpec, build_checkpoint
@@ -55,10 +55,7 @@ def report(root: str, case: str) -> str:
     tokens = prompt(vocab_size(ref), 40)
     ref_logits, ref_tokens = greedy(ref, tokens, 10)
     ref2_logits, _ = greedy(ref, tokens, 10)
-    self_equal = all(
-        mx.array_equal(x, y, equal_nan=True).item()
-        for x, y in zip(ref_logits, ref2_logits, strict=True)
-    )
+    self_equal = identical(ref_logits, ref2_logits)
     model, handle = offloaded(path, capacity=slots)
     logits, out = greedy(model, tokens, 10)
     steps_equal = [

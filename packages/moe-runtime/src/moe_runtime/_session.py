@@ -98,7 +98,6 @@ class Session:
         if plan is not None:
             self._apply_plan(plan)
         mx.eval(self.model.parameters())  # non-expert weights; expert slots are already there
-        self._top_k = _top_k(config)
         self._warm_path = None
         self._warm_key = None
         self._usage: UsageCounter | None = None
