@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import mlx.core as mx
 import pytest
 from mlx_lm.models.cache import QuantizedKVCache
+from mlx_lm.sample_utils import make_logits_processors
 
 from moe_runtime import ModelNotFoundError, Session, stream_generate
 from moe_runtime._stops import StopText
@@ -144,3 +146,45 @@ def test_stop_text(pieces, stops, want):
         if hit:
             break
     assert (out, hit) == want
+
+
+def test_penalties_and_logit_bias_match_mlx_lm(ref, checkpoint, session):
+    path = checkpoint("qwen3_moe")
+    options = dict(presence_penalty=1.5, frequency_penalty=0.8, logit_bias={7: 4.0})
+    processors = make_logits_processors(options["logit_bias"], None, 20, 1.5, 20, 0.8, 20)
+    want = ref.tokens(path, MESSAGES, 12, logits_processors=processors)
+    assert ref.run(session, MESSAGES, 12, **options) == want
+    assert want != ref.tokens(path, MESSAGES, 12)  # the options changed something
+
+
+def test_extra_logits_processor_sees_the_whole_context(session):
+    prompt = session.encode_prompt(MESSAGES)
+    seen = []
+
+    def only(token):
+        def processor(tokens, logits):
+            seen.append(tokens.tolist())
+            return mx.where(mx.arange(logits.shape[-1]) == token, logits, -mx.inf)
+
+        return processor
+
+    responses = list(session.stream(MESSAGES, max_tokens=3, logits_processors=[only(9)]))
+    assert [r.token for r in responses] == [9, 9, 9]
+    # The first call sees the prompt (also what a prefix cache skipped), then each new token.
+    assert seen[0] == prompt and seen[1] == [*prompt, 9]
+
+
+def test_chat_template_kwargs_reach_the_template(session):
+    seen = {}
+    template = session.tokenizer.apply_chat_template
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return template(*args, **kwargs)
+
+    session.tokenizer.apply_chat_template = spy
+    try:
+        session.encode_prompt(MESSAGES, chat_template_kwargs={"enable_thinking": False})
+    finally:
+        del session.tokenizer.apply_chat_template
+    assert seen["enable_thinking"] is False

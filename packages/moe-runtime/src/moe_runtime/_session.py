@@ -165,8 +165,16 @@ class Session:
 
     # -- prompts ----------------------------------------------------------------------------
 
-    def encode_prompt(self, prompt: Prompt, tools: list[dict] | None = None) -> list[int]:
-        """Token ids of a raw text prompt, a list of chat messages, or token ids as given."""
+    def encode_prompt(
+        self,
+        prompt: Prompt,
+        tools: list[dict] | None = None,
+        *,
+        chat_template_kwargs: dict | None = None,
+    ) -> list[int]:
+        """Token ids of a raw text prompt, a list of chat messages, or token ids as given.
+
+        `chat_template_kwargs` reach the chat template (e.g. `enable_thinking`)."""
         if isinstance(prompt, str):
             bos = self.tokenizer.bos_token
             return self.tokenizer.encode(
@@ -183,7 +191,7 @@ class Session:
                 raise ValueError(f"token id {bad[0]} is out of the vocabulary")
             return list(prompt)
         if all(isinstance(m, dict) for m in prompt):
-            kwargs = {"tools": tools} if tools else {}
+            kwargs = {**(chat_template_kwargs or {}), **({"tools": tools} if tools else {})}
             tokens = self.tokenizer.apply_chat_template(
                 prompt, add_generation_prompt=True, **kwargs
             )
@@ -202,13 +210,22 @@ class Session:
         top_k: int = 0,
         min_p: float = 0.0,
         repetition_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        logit_bias: dict[int, float] | None = None,
+        logits_processors: list | None = None,
         seed: int | None = None,
         stop: list[str] | None = None,
         tools: list[dict] | None = None,
+        chat_template_kwargs: dict | None = None,
     ) -> Iterator[GenerationResponse]:
-        """Yield mlx-lm `GenerationResponse`s, one per token; see the package docs."""
+        """Yield mlx-lm `GenerationResponse`s, one per token; see the package docs.
+
+        The penalties and `logit_bias` are mlx-lm's logits processors; `logits_processors` are
+        more of them (e.g. a grammar's mask), applied after those, each called as mlx-lm calls
+        them with every token of the context so far."""
         self._check_open()
-        tokens = self.encode_prompt(prompt, tools=tools)
+        tokens = self.encode_prompt(prompt, tools=tools, chat_template_kwargs=chat_template_kwargs)
         if len(tokens) >= self.kv.max_context:
             raise ValueError(
                 f"prompt has {len(tokens)} tokens; this session's max_context is {self.kv.max_context}"
@@ -219,7 +236,12 @@ class Session:
         max_tokens = room if max_tokens == -1 else min(max_tokens, room)
         stops = StopText(stop)
         sampler = make_sampler(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k)
-        processors = make_logits_processors(repetition_penalty=repetition_penalty)
+        processors = make_logits_processors(
+            logit_bias,
+            repetition_penalty=repetition_penalty,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+        ) + list(logits_processors or ())
         if self._active is not None:  # an unfinished stream: end it before touching the cache
             self._active.close()
         if seed is not None:
