@@ -339,3 +339,27 @@ def test_skew_concentrates_routing(moe_checkpoint, family):
 def test_top_share():
     assert top_share(np.array([[10] * 10])) == pytest.approx(0.2)
     assert top_share(np.array([[97, 1, 1, 1, 0]])) == pytest.approx(0.97)
+
+
+def test_chat_template_thinks_like_qwen3(moe_checkpoint):
+    _, tokenizer = mlx_lm.load(str(moe_checkpoint("qwen3_moe")))
+    assert tokenizer.has_thinking
+    assert (tokenizer.think_start, tokenizer.think_end) == ("<think>", "</think>")
+    messages = [{"role": "user", "content": "Hi"}]
+
+    def render(messages, **kwargs):
+        return tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **kwargs
+        )
+
+    assert render(messages).endswith("<|im_start|>assistant\n")
+    assert render(messages, enable_thinking=False).endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    # Reasoning of the turn after the last user message is shown; older reasoning is dropped.
+    answered = {"role": "assistant", "content": "Hello", "reasoning_content": "greet back"}
+    assert "<|im_start|>assistant\n<think>\ngreet back\n</think>\n\nHello<|im_end|>" in render(
+        [*messages, answered]
+    )
+    later = render([*messages, answered, {"role": "user", "content": "Again"}])
+    assert "greet back" not in later and "<|im_start|>assistant\nHello<|im_end|>" in later

@@ -1,4 +1,4 @@
-"""A small byte-level BPE tokenizer with a Qwen-style chat template.
+"""A small byte-level BPE tokenizer with a Qwen3-style chat template (tool calls, thinking).
 
 It is trained once per process on text generated here, so a fixture never downloads one and
 the same build gives the same `tokenizer.json` bytes.
@@ -17,7 +17,7 @@ VOCAB_SIZE = 512
 
 # Qwen2's order: the BPE vocabulary first, then the special tokens, then added tokens.
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-ADDED_TOKENS = ("<tool_call>", "</tool_call>")
+ADDED_TOKENS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
 
@@ -27,8 +27,10 @@ _SPLIT = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# Qwen2.5's template. The `<tool_call>` tags and `tool_call.name` make mlx-lm pick its
-# `json_tools` parser.
+# Qwen2.5's template with Qwen3's thinking: an assistant turn after the last user message shows
+# its `reasoning_content` in `<think>` tags, and `enable_thinking=false` closes an empty thinking
+# block in the generation prompt. The `<tool_call>` tags and `tool_call.name` make mlx-lm pick
+# its `json_tools` parser; the `<think>` tokens make it report `has_thinking`.
 CHAT_TEMPLATE = """\
 {%- if tools %}
     {{- '<|im_start|>system\\n' }}
@@ -50,11 +52,20 @@ CHAT_TEMPLATE = """\
         {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}
     {%- endif %}
 {%- endif %}
+{%- set ns = namespace(last_query=-1) %}
 {%- for message in messages %}
-    {%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or (message.role == 'assistant' and not message.tool_calls) %}
+    {%- if message.role == 'user' %}
+        {%- set ns.last_query = loop.index0 %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or (message.role == 'assistant' and not message.tool_calls and not message.reasoning_content) %}
         {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
     {%- elif message.role == 'assistant' %}
         {{- '<|im_start|>' + message.role }}
+        {%- if message.reasoning_content and loop.index0 > ns.last_query %}
+            {{- '\\n<think>\\n' + message.reasoning_content + '\\n</think>\\n' }}
+        {%- endif %}
         {%- if message.content %}
             {{- '\\n' + message.content }}
         {%- endif %}
@@ -87,6 +98,9 @@ CHAT_TEMPLATE = """\
 {%- endfor %}
 {%- if add_generation_prompt %}
     {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
 {%- endif %}
 """
 
