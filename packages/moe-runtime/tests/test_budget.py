@@ -68,10 +68,11 @@ def test_cgroup_limit_sets_the_budget(ref, checkpoint, tmp_path, version, mlx_li
         assert stats["kv"]["reserve_bytes"] == stats["budget"]["reserve_bytes"]
         messages = [{"role": "user", "content": "hello"}]
         assert ref.run(s, messages, 6) == ref.tokens(path, messages, 6)
-    # A longer max_context reserves more KV headroom, which leaves fewer slots.
-    with open_session(path, backend, tmp_path, max_context=4096 + per_slot // per_token + 1) as s:
-        assert s.handle.budget.reserve_bytes > b.reserve_bytes
-        assert s.handle.capacity == [4] * len(s.handle.capacity)
+    # A shorter max_context reserves less KV headroom, which leaves more slots.
+    shorter = b.reserve_bytes // per_token - (per_slot // 2) // per_token - 1
+    with open_session(path, backend, tmp_path, max_context=shorter) as s:
+        assert s.handle.budget.reserve_bytes < b.reserve_bytes
+        assert s.handle.capacity == [6] * len(s.handle.capacity)
 
 
 def test_memory_given_as_text(checkpoint, tmp_path, mlx_limits):

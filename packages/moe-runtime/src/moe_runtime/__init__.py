@@ -11,12 +11,14 @@ from ._demo import demo_model_path
 from ._kv import KVPlan, plan_kv
 from ._resolve import ModelNotFoundError, resolve_model
 from ._session import Session, generate, stream_generate
+from ._stops import StopText
 from ._warm import WarmStartWarning, default_cache_dir
 
 __all__ = [
     "KVPlan",
     "ModelNotFoundError",
     "Session",
+    "StopText",
     "WarmStartWarning",
     "default_cache_dir",
     "demo_model_path",

@@ -3,7 +3,7 @@ types, so the expert budget can keep that much free (`reserve=` of `moe_core.off
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -11,6 +11,10 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import ArraysCache, KVCache, QuantizedKVCache, RotatingKVCache
 
 KV_GROUP_SIZES = (64, 32)  # what mx.quantize accepts that divides common head sizes
+
+
+# Unless told otherwise, the KV cache may take up to this share of the memory budget.
+KV_SHARE = 1 / 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,7 @@ class KVPlan:
     attention_layers: int
     linear_layers: int
     group_size: int = 64  # of the quantized KV cache
+    reason: str = ""  # why the context is `max_context` tokens long
 
     def __post_init__(self) -> None:
         if self.max_context < 1:
@@ -34,6 +39,48 @@ class KVPlan:
     @property
     def reserve_bytes(self) -> int:
         return self.bytes_per_token * self.max_context + self.fixed_bytes
+
+
+def plan_context(
+    model: nn.Module,
+    config: dict,
+    *,
+    max_context: int | None,
+    kv_bits: int | None,
+    memory: int,
+) -> KVPlan:
+    """The session's one context limit (prompt and generated tokens together) and its KV cache.
+
+    It is the model's positions (`max_position_embeddings`), or fewer where the KV cache at that
+    length would take more than `KV_SHARE` of `memory` (the budget); `max_context` lowers it.
+    """
+    positions = model_positions(config)
+    if max_context is not None:
+        if positions is not None and max_context > positions:
+            raise ValueError(
+                f"max_context {max_context} is more than the model's {positions} positions"
+            )
+        plan = plan_kv(model, config, max_context=max_context, kv_bits=kv_bits)
+        return replace(plan, reason=f"max_context given (the model has {positions} positions)")
+    one = plan_kv(model, config, max_context=1, kv_bits=kv_bits)
+    share = int(memory * KV_SHARE)
+    fits = max(1, (share - one.fixed_bytes) // max(one.bytes_per_token, 1))
+    if positions is not None and positions <= fits:
+        limit, reason = positions, f"the model's {positions} positions"
+    else:
+        limit = fits
+        reason = (
+            f"a KV cache of {fits} tokens fills {KV_SHARE:.3g} of the {memory / 1e9:.2f} GB budget"
+            + (f" (the model has {positions} positions)" if positions else "")
+        )
+    return replace(plan_kv(model, config, max_context=limit, kv_bits=kv_bits), reason=reason)
+
+
+def model_positions(config: dict) -> int | None:
+    """The longest sequence the model was made for, from its config."""
+    config = {**config, **config.get("text_config", {})}
+    value = config.get("max_position_embeddings")
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def plan_kv(model: nn.Module, config: dict, *, max_context: int, kv_bits: int | None) -> KVPlan:

@@ -65,12 +65,22 @@ class PromptCache:
         self.counts["recomputed"] += 1
         return self.reset()
 
-    def prefill(self, prompt: list[int], quantize: Callable[[list], None]) -> None:
-        """Feed `prompt` up to its last token, in chunks as mlx-lm's `generate_step` does."""
+    def prefill(
+        self,
+        prompt: list[int],
+        quantize: Callable[[list], None],
+        cancelled: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Feed `prompt` up to its last token, in chunks as mlx-lm's `generate_step` does.
+
+        `cancelled` is asked before each chunk; when it says so, stop and return False. The
+        cache then holds the chunks fed so far, a prefix of `prompt` the next request reuses."""
         rest = prompt[len(self.tokens) : -1]
         step = self.prefill_step_size
         with mx.stream(generation_stream):
             for start in range(0, len(rest), step):
+                if cancelled is not None and cancelled():
+                    return False
                 chunk = rest[start : start + step]
                 self.model(mx.array(chunk)[None], cache=self.cache)
                 quantize(self.cache)
@@ -80,6 +90,7 @@ class PromptCache:
         fresh = self.snapshot is None or self.snapshot.tokens != self.tokens
         if self.enabled and fresh and not can_trim_prompt_cache(self.cache):
             self.snapshot = Snapshot(list(self.tokens), _copy(self.cache))
+        return True
 
     def commit(self, tokens: list[int]) -> None:
         """The cache has now also seen the generated tokens: `tokens` is everything it holds."""

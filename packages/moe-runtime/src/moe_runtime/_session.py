@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlx.core as mx
@@ -17,10 +17,11 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 import moe_core
 
-from ._kv import plan_kv
+from ._kv import plan_context
 from ._prefix import PromptCache
 from ._resolve import resolve_model
 from ._stops import StopText
+from ._template import encode_messages
 from ._warm import (
     UsageCounter,
     default_cache_dir,
@@ -55,7 +56,7 @@ class Session:
         miss: str = "exact",
         kv_bits: int | None = None,
         cache_dir: str | Path | None = None,
-        max_context: int = 4096,
+        max_context: int | None = None,
         prefix_cache: bool = True,
         warm_start: bool = True,
         backend: moe_core.Backend | None = None,
@@ -66,9 +67,15 @@ class Session:
         self.model, self.tokenizer, config = mlx_lm.load(
             str(self.model_path), lazy=True, return_config=True
         )
-        self.kv = plan_kv(self.model, config, max_context=max_context, kv_bits=kv_bits)
         self.fingerprint = moe_core.fingerprint(self.model_path)
         memory = moe_core.parse_size(memory) if memory is not None else None
+        self.kv = plan_context(
+            self.model,
+            config,
+            max_context=max_context,
+            kv_bits=kv_bits,
+            memory=memory or (backend or moe_core.detect_backend()).available_memory(),
+        )
         self.profile = None
         plan = None
         if profile is not None:
@@ -163,6 +170,11 @@ class Session:
             self._warm["prefetched"] += prefetch_all(self.handle, layers)
             self._warm["restored"] = True
 
+    @property
+    def max_context(self) -> int:
+        """The one context limit: prompt and generated tokens together (`stats()["kv"]` says why)."""
+        return self.kv.max_context
+
     # -- prompts ----------------------------------------------------------------------------
 
     def encode_prompt(
@@ -191,11 +203,8 @@ class Session:
                 raise ValueError(f"token id {bad[0]} is out of the vocabulary")
             return list(prompt)
         if all(isinstance(m, dict) for m in prompt):
-            kwargs = {**(chat_template_kwargs or {}), **({"tools": tools} if tools else {})}
-            tokens = self.tokenizer.apply_chat_template(
-                prompt, add_generation_prompt=True, **kwargs
-            )
-            return list(tokens)
+            # Text in the messages never becomes a control token (a user cannot open a turn).
+            return encode_messages(self.tokenizer, prompt, tools, **(chat_template_kwargs or {}))
         raise ValueError("prompt must be a string, a list of messages (dicts) or of token ids")
 
     # -- generation -------------------------------------------------------------------------
@@ -218,12 +227,15 @@ class Session:
         stop: list[str] | None = None,
         tools: list[dict] | None = None,
         chat_template_kwargs: dict | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[GenerationResponse]:
         """Yield mlx-lm `GenerationResponse`s, one per token; see the package docs.
 
         The penalties and `logit_bias` are mlx-lm's logits processors; `logits_processors` are
         more of them (e.g. a grammar's mask), applied after those, each called as mlx-lm calls
-        them with every token of the context so far."""
+        them with every token of the context so far. `cancelled` is asked between prefill
+        chunks: when it returns True the stream ends without a token (closing the iterator is
+        what stops decoding)."""
         self._check_open()
         tokens = self.encode_prompt(prompt, tools=tools, chat_template_kwargs=chat_template_kwargs)
         if len(tokens) >= self.kv.max_context:
@@ -246,18 +258,20 @@ class Session:
             self._active.close()
         if seed is not None:
             mx.random.seed(seed)
-        self._active = self._run(tokens, max_tokens, sampler, processors, stops)
+        self._active = self._run(tokens, max_tokens, sampler, processors, stops, cancelled)
         return self._active
 
     def generate(self, prompt: Prompt, **kwargs) -> str:
         """The generated text (stop strings excluded); takes the same arguments as `stream`."""
         return "".join(r.text for r in self.stream(prompt, **kwargs))
 
-    def _run(self, tokens, max_tokens, sampler, processors, stops) -> Iterator[GenerationResponse]:
+    def _run(
+        self, tokens, max_tokens, sampler, processors, stops, cancelled=None
+    ) -> Iterator[GenerationResponse]:
         tic = time.perf_counter()
         cache = self._cache
         generated: list[int] = []
-        clean = False
+        clean = partial = False
         try:
             reused = cache.prepare(tokens)
             quantize = functools.partial(
@@ -266,7 +280,10 @@ class Session:
                 kv_group_size=self.kv.group_size,
                 kv_bits=self.kv.kv_bits,
             )
-            cache.prefill(tokens, quantize)
+            if not cache.prefill(tokens, quantize, cancelled):
+                partial = True  # the cache holds the chunks fed so far, a prefix of `tokens`
+                self._counters["cancelled"] += 1
+                return
             self._counters["requests"] += 1
             self._counters["prompt_tokens"] += len(tokens)
             self._counters["prefix_tokens_reused"] += reused
@@ -314,7 +331,7 @@ class Session:
             # before yielding it); after an error mid-step it may hold anything: drop it.
             if clean:
                 cache.commit(tokens + generated)
-            else:
+            elif not partial:  # a cancelled prefill left a prefix the cache holds exactly
                 cache.reset()
             self._counters["generated_tokens"] += len(generated)
             self._active = None

@@ -3,26 +3,31 @@ first one that appears, and never emit the stop string itself."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class StopText:
-    def __init__(self, stops: list[str] | None) -> None:
+    """Used by `Session.stream` for its `stop` strings and by moe-server for each request's."""
+
+    def __init__(self, stops: Sequence[str] | None) -> None:
         stops = list(stops or [])
         if any(not isinstance(s, str) or not s for s in stops):
             raise ValueError("stop strings must be non-empty strings")
         self.stops = stops
         self.pending = ""
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, text: str) -> tuple[str, bool]:
         """`(text safe to emit, whether a stop string was reached)`."""
         if not self.stops:
             return text, False
         self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s in self.stops if (i := self.pending.find(s)) >= 0]
         if hits:
-            out, self.pending = self.pending[: min(hits)], ""
+            index, self.matched = min(hits)
+            out, self.pending = self.pending[:index], ""
             return out, True
-        hold = self._partial()
-        cut = len(self.pending) - hold
+        cut = len(self.pending) - self.held_back(self.pending, self.stops)
         out, self.pending = self.pending[:cut], self.pending[cut:]
         return out, False
 
@@ -30,12 +35,14 @@ class StopText:
         out, self.pending = self.pending, ""
         return out
 
-    def _partial(self) -> int:
-        """Length of the longest tail of `pending` that begins some stop string."""
+    @staticmethod
+    def held_back(text: str, markers: Sequence[str]) -> int:
+        """Length of the longest tail of `text` that begins one of `markers` (and is shorter than
+        it): what must wait for the next piece before it can be sent."""
         best = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(self.pending)), best, -1):
-                if self.pending.endswith(stop[:n]):
+        for marker in markers:
+            for n in range(min(len(marker) - 1, len(text)), best, -1):
+                if text.endswith(marker[:n]):
                     best = n
                     break
         return best
