@@ -1,7 +1,7 @@
-"""Turning the model's text pieces into what the APIs send: stop strings and tool calls.
+"""Tool calls in the model's text pieces.
 
-Both scanners hold back the tail of the text that could still become a marker, so a stop
-string or a `<tool_call>` tag split across tokens is never half-sent to the client.
+The scanner holds back the tail of the text that could still become a `<tool_call>` tag, so a tag
+split across tokens is never half-sent to the client (stop strings: `moe_runtime.StopText`).
 """
 
 from __future__ import annotations
@@ -9,47 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-
-def _partial_suffix(text: str, markers: Sequence[str]) -> int:
-    """Length of the longest tail of `text` that is a proper prefix of one of `markers`."""
-    longest = 0
-    for marker in markers:
-        for k in range(min(len(marker) - 1, len(text)), longest, -1):
-            if text.endswith(marker[:k]):
-                longest = k
-                break
-    return longest
-
-
-class StopScanner:
-    """Cuts the text at the first stop string; the stop string itself is never emitted."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.matched: str | None = None
-        self._buffer = ""
-
-    def feed(self, piece: str) -> str:
-        if not self.stops:
-            return piece
-        self._buffer += piece
-        hits = [(self._buffer.find(s), s) for s in self.stops if s in self._buffer]
-        if hits:
-            index, self.matched = min(hits)
-            out, self._buffer = self._buffer[:index], ""
-            return out
-        keep = _partial_suffix(self._buffer, self.stops)
-        cut = len(self._buffer) - keep
-        out, self._buffer = self._buffer[:cut], self._buffer[cut:]
-        return out
-
-    def flush(self) -> str:
-        out, self._buffer = self._buffer, ""
-        return out
+from moe_runtime import StopText
 
 
 @dataclass(slots=True)
@@ -129,7 +93,7 @@ class ToolScanner:
                     out.extend(self._text(text.rstrip()))  # whitespace before a call is layout
                     continue
                 # Whitespace waits for what follows so none dangles around tool calls.
-                keep = max(_partial_suffix(self._buffer, [self.start]), self._trailing_space())
+                keep = max(StopText.held_back(self._buffer, [self.start]), self._trailing_space())
                 cut = len(self._buffer) - keep
                 text, self._buffer = self._buffer[:cut], self._buffer[cut:]
                 out.extend(self._text(text))

@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from moe_runtime import StopText
+
 from ._provider import Provider
-from ._text import StopScanner, ToolCall, ToolScanner
+from ._text import ToolCall, ToolScanner
 
 log = logging.getLogger("moe_server")
 
@@ -123,12 +125,12 @@ class Worker:
             log.exception("provider.stats() failed")
 
     def _generate(self, job: Job) -> None:
-        stops = StopScanner(job.stops)
+        stops = StopText(job.stops)
         scanner = job.tools
         first_token_at = None
         last = None
         finish_reason = None
-        iterator = self.provider.stream(job.prompt, **job.sampling)
+        iterator = self.provider.stream(job.prompt, cancelled=job.cancelled.is_set, **job.sampling)
         try:
             for response in iterator:
                 if job.cancelled.is_set():
@@ -136,9 +138,10 @@ class Worker:
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                 last = response
-                for item in scanner.feed(stops.feed(response.text)):
+                text, stopped = stops.feed(response.text)
+                for item in scanner.feed(text):
                     job.emit(item)
-                if stops.matched is not None:
+                if stopped:
                     finish_reason = "stop_sequence"
                     break
                 if response.finish_reason is not None:
