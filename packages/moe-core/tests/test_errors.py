@@ -6,7 +6,7 @@ import shutil
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-from _models import offloaded
+from _models import greedy, identical, offloaded, prompt, reference, vocab_size
 from mlx_lm.models import llama
 from mlx_lm.utils import _get_classes, load_model, save_config, save_model
 
@@ -137,3 +137,33 @@ def test_quantized_linear_without_expert_axis_is_refused():
     bank.gate_proj.weight = mx.zeros((64, 32))
     with pytest.raises(UnsupportedModelError, match="no leading expert axis"):
         bank_params("layers.0.mlp.switch_mlp", bank)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"lookahead": False},
+        {"lookahead": True},
+        {"backend": moe_core.CPUBackend(unified_memory=False)},  # CUDA's staged uploads
+    ],
+    ids=["read", "lookahead", "staged"],
+)
+def test_a_failed_read_leaves_nothing_half_admitted(copy, options):
+    """A read that fails (the shard was cut short while serving) frees the slots it was filling:
+    once the file is whole again, the next forward pass is exact."""
+    path = copy("qwen3_moe", "stacked", "q4")
+    shard = path / expert_shard(path)
+    ref = reference(path)
+    tokens = prompt(vocab_size(ref), 24)
+    want, want_tokens = greedy(ref, tokens, 6)
+    model, handle = offloaded(path, capacity=4, **options)
+    original = shard.read_bytes()
+    with open(shard, "r+b") as f:
+        f.truncate(len(original) // 2)
+    with pytest.raises(CheckpointError, match="truncated"):
+        greedy(model, tokens, 6)
+    with open(shard, "r+b") as f:
+        f.write(original)
+    got, got_tokens = greedy(model, tokens, 6)
+    assert got_tokens == want_tokens and identical(got, want)
+    handle.close()

@@ -55,6 +55,7 @@ class Layer:
     stats: LayerStats = field(default_factory=LayerStats)
     lookahead: Lookahead | None = None  # predicts the next MoE layer's experts from this input
     pending: Future[None] | None = None  # reads started ahead of this layer's step
+    pending_loads: list[tuple[int, int]] = field(default_factory=list)  # what `pending` reads
     staged: list[tuple[nn.Module, str]] | None = (
         None  # (projection, param) to upload, when not direct
     )
@@ -70,8 +71,20 @@ class Layer:
         """Let reads started by the previous layer's lookahead land before computing."""
         if self.pending is not None:
             pending, self.pending = self.pending, None
-            pending.result()
+            loads, self.pending_loads = self.pending_loads, []
+            try:
+                pending.result()
+            except BaseException:
+                self._failed(loads)
+                raise
         self._upload()
+
+    def _failed(self, loads: list[tuple[int, int]]) -> None:
+        """A read failed: free every slot the batch was filling (which of its reads failed is
+        not known), so the next step reads them again."""
+        self.cache.forget(np.array([expert for expert, _ in loads], dtype=np.int64))
+        slots = {slot for _, slot in loads}
+        self.unsent = [slot for slot in self.unsent if slot not in slots]
 
     def _upload(self) -> None:
         if self.staged is None or not self.unsent:
@@ -90,6 +103,7 @@ class Layer:
         if loads:
             self.stats.bytes_read += self.map.expert_bytes * len(loads)
             self.pending = self.store.submit(self.map, loads, self.dests)
+            self.pending_loads = loads
             if self.staged is not None:
                 self.unsent.extend(slot for _, slot in loads)
 
@@ -131,7 +145,11 @@ class Layer:
         if not loads:
             return
         before = self.store.stats.read_seconds
-        self.store.read(self.map, loads, self.dests)
+        try:
+            self.store.read(self.map, loads, self.dests)
+        except BaseException:
+            self._failed(loads)
+            raise
         self.stats.bytes_read += self.map.expert_bytes * len(loads)
         self.stats.read_seconds += self.store.stats.read_seconds - before
         if self.staged is not None:

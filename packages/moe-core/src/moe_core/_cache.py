@@ -148,6 +148,16 @@ class ExpertCache:
         self.slot_of[experts] = -1
         self.stats.evictions += int(experts.size)
 
+    def forget(self, experts: np.ndarray) -> None:
+        """Free the slots of `experts` whose reads failed: nothing stays marked resident that
+        does not hold its bytes. Not counted as evictions."""
+        experts = np.asarray(experts, dtype=np.int64)
+        experts = experts[self.slot_of[experts] >= 0]
+        assert isinstance(self.policy, Policy)
+        self.policy.on_evict(experts)
+        self.expert_in[self.slot_of[experts]] = -1
+        self.slot_of[experts] = -1
+
     # -- outside the forward pass --------------------------------------------------------------
     def prefetch(self, experts: np.ndarray) -> list[tuple[int, int]]:
         """Make `experts` resident ahead of need (warm start, profiles, lookahead), evicting only
