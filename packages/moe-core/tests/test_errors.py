@@ -11,7 +11,7 @@ from mlx_lm.models import llama
 from mlx_lm.utils import _get_classes, load_model, save_config, save_model
 
 import moe_core
-from moe_core import BudgetError, CheckpointError, UnsupportedModelError
+from moe_core import BudgetError, CheckpointError, MoEError, UnsupportedModelError
 
 
 @pytest.fixture
@@ -167,3 +167,20 @@ def test_a_failed_read_leaves_nothing_half_admitted(copy, options):
     got, got_tokens = greedy(model, tokens, 6)
     assert got_tokens == want_tokens and identical(got, want)
     handle.close()
+
+
+def test_embedding_mistakes_get_clear_errors(moe_checkpoint):
+    """A size given as text is parsed; offloading a model twice, and running one whose handle
+    is closed, are `MoEError`s that say what happened."""
+    path = moe_checkpoint("qwen3_moe", "stacked", "q4")
+    model, _ = load_model(path, lazy=True)
+    handle = moe_core.offload(model, path, memory="16GB")
+    assert handle.stats()["budget"]["memory"] == 16 * 10**9
+    with pytest.raises(MoEError, match="already offloaded"):
+        moe_core.offload(model, path, capacity=2)
+    mx.eval(model.parameters())
+    tokens = prompt(vocab_size(model), 8)
+    mx.eval(model(tokens))
+    handle.close()
+    with pytest.raises(MoEError, match="closed"):
+        model(tokens)

@@ -5,13 +5,14 @@ that keeps only some experts resident and reads the rest from the checkpoint whe
 them. By default the output is identical to the unmodified model's.
 """
 
-from ._backend import Backend, CPUBackend, CUDABackend, MetalBackend, detect_backend, parse_size
+from ._backend import Backend, CPUBackend, CUDABackend, MetalBackend, detect_backend
 from ._bank import MISS_MODES
 from ._cache import CacheStats, ExpertCache, Wave
 from ._errors import BudgetError, CheckpointError, MoEError, UnsupportedModelError
 from ._offload import Budget, Geometry, OffloadHandle, describe, fingerprint, offload, plan_budget
 from ._pack import PACK_NAME, open_pack, pack
 from ._policy import POLICIES, Policy, make_policy
+from ._size import parse_size
 
 __all__ = [
     "MISS_MODES",

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._cache import ExpertCache
 from ._checkpoint import BankMap
+from ._errors import MoEError
 from ._store import ExpertStore, slot_tensor, upload
 
 TraceHook = Callable[[int, np.ndarray], None]
@@ -66,6 +67,7 @@ class Layer:
     table: mx.array | None = None
     counts: mx.array | None = None  # [E] choices counted on the device for a counts-only hook
     counted: int = 0  # steps in `counts`
+    closed: bool = False  # the handle was closed: its files and reader threads are gone
 
     def wait(self) -> None:
         """Let reads started by the previous layer's lookahead land before computing."""
@@ -252,6 +254,8 @@ class OffloadedBank(nn.Module):
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         layer = self._layer
+        if layer.closed:
+            raise MoEError("this model's offload handle is closed: offload a new model to run it")
         hook = layer.trace[0]
         # One token's k experts are distinct, so its hits count as the synced path counts them.
         token = indices.size == indices.shape[-1]

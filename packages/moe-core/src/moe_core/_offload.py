@@ -20,9 +20,10 @@ from ._backend import Backend, detect_backend
 from ._bank import MISS_MODES, Layer, Lookahead, OffloadedBank, TraceHook, tap_router
 from ._cache import ExpertCache
 from ._checkpoint import BankMap, bank_params, find_banks, fingerprint, layer_number, map_checkpoint
-from ._errors import BudgetError, CheckpointError
+from ._errors import BudgetError, CheckpointError, MoEError
 from ._pack import PACK_NAME, open_pack
 from ._policy import POLICIES
+from ._size import parse_size
 from ._store import ExpertStore
 
 # Tokens per prefill chunk the activation headroom is sized for (mlx-lm prefills in chunks).
@@ -216,8 +217,10 @@ class OffloadHandle:
         self.store.stats = type(self.store.stats)()
 
     def close(self) -> None:
+        """Join reads in flight and close the checkpoint's files; the model cannot run after."""
         for layer in self.layers:
             layer.wait()
+            layer.closed = True
         self.store.close()
 
     def __enter__(self) -> OffloadHandle:
@@ -232,10 +235,10 @@ def offload(
     model_path: str | Path,
     *,
     capacity: int | list[int] | None = None,
-    memory: int | None = None,
+    memory: int | str | None = None,
     policy: str = "lfuda",
     miss: str = "exact",
-    reserve: int = 0,
+    reserve: int | str = 0,
     threads: int = 4,
     packed: str | Path | None = "auto",
     lookahead: bool = True,
@@ -243,8 +246,8 @@ def offload(
 ) -> OffloadHandle:
     """Replace every expert bank of a lazily loaded mlx-lm `model` with an offloaded one.
 
-    Give `capacity` (slots per MoE layer, one int or one per layer) or `memory` (bytes the whole
-    process may use), not both; with neither, the budget is what the backend has available.
+    Give `capacity` (slots per MoE layer, one int or one per layer) or `memory` (what the whole
+    process may use: bytes, or text such as "16GB"), not both; with neither, the budget is what the backend has available.
     `reserve` bytes are kept free for the caller (KV cache). `miss="exact"` (the default) makes
     every selected expert resident before its matmul; `miss="skip"` is lossy: it drops experts that
     are not resident.
@@ -259,6 +262,12 @@ def offload(
         raise ValueError(f"unknown miss mode {miss!r}; choose one of {', '.join(MISS_MODES)}")
     if policy not in POLICIES:
         raise ValueError(f"unknown cache policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if any(isinstance(m, OffloadedBank) for _, m in model.named_modules()):
+        raise MoEError(
+            "this model is already offloaded: load it again (lazy=True) to offload it anew"
+        )
+    memory = None if memory is None else parse_size(memory)
+    reserve = parse_size(reserve)
     backend = backend or detect_backend()
     banks = find_banks(model)
     geometry = describe(model, model_path)
@@ -318,8 +327,8 @@ def plan_budget(
     geometry: Geometry,
     *,
     capacity: int | list[int] | None = None,
-    memory: int | None = None,
-    reserve: int = 0,
+    memory: int | str | None = None,
+    reserve: int | str = 0,
     backend: Backend | None = None,
 ) -> Budget:
     """The slots per layer `offload` would choose for this geometry, without touching the model.
@@ -329,7 +338,8 @@ def plan_budget(
     """
     if capacity is not None and memory is not None:
         raise ValueError("give capacity or memory, not both")
-    return _budget(geometry, capacity, memory, reserve, backend or detect_backend())
+    memory = None if memory is None else parse_size(memory)
+    return _budget(geometry, capacity, memory, parse_size(reserve), backend or detect_backend())
 
 
 def _budget(
