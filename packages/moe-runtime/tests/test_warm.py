@@ -4,6 +4,7 @@ mismatched file means a cold start with one warning and the same answers."""
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 
 import pytest
@@ -122,3 +123,17 @@ def test_state_is_written_atomically(checkpoint, tmp_path):
     leftovers = [p for p in state.parent.iterdir() if p != state]
     assert leftovers == []
     assert json.loads(state.read_text())["format"] == 2
+
+
+def test_closing_on_another_thread_saves_the_warm_state(checkpoint, tmp_path):
+    """A server generates on its worker thread and closes the session on the main thread; with
+    every expert resident, layers count on the device, and those counts are saved all the same."""
+    path = checkpoint("qwen3_moe")
+    session, _ = start(path, tmp_path, capacity=16)
+    worker = threading.Thread(target=session.generate, args=(MESSAGES,), kwargs={"max_tokens": 8})
+    worker.start()
+    worker.join()
+    session.close()
+    counts = json.loads(next((tmp_path / "warm").glob("*.json")).read_text())["counts"]
+    prompt = len(session.encode_prompt(MESSAGES))
+    assert [sum(c) for c in counts] == [4 * (prompt + 8)] * 4

@@ -122,18 +122,21 @@ class Layer:
         elif self.pending is None:
             self.prefetch(absent)
 
-    def count(self, indices: mx.array) -> None:
-        """Count one step's choices on the device, handing them to the hook now and then."""
+    def count(self, indices: mx.array) -> mx.array:
+        """Count one step's choices on the device, handing them to the hook now and then;
+        returns the running counts."""
         flat = indices.reshape(-1)
         add = (
             mx.zeros((self.map.num_experts,), dtype=mx.int32)
             .at[flat]
             .add(mx.ones(flat.shape, dtype=mx.int32))
         )
-        self.counts = add if self.counts is None else self.counts + add
+        counts = add if self.counts is None else self.counts + add
+        self.counts = counts
         self.counted += 1
         if self.counted >= COUNT_EVERY:
             self.flush_counts()
+        return counts
 
     def flush_counts(self) -> None:
         if self.counts is None:
@@ -261,11 +264,15 @@ class OffloadedBank(nn.Module):
         token = indices.size == indices.shape[-1]
         counting = hook is not None and getattr(hook, "counts_only", False)
         if layer.table is not None and token and (hook is None or counting):
-            if counting:
-                layer.count(indices)
             layer.cache.stats.hits += indices.size
             layer.cache.stats.steps += 1
-            return self.bank(x, layer.table[indices])
+            out = self.bank(x, layer.table[indices])
+            if counting:
+                # The counts are computed with this layer's output, by the caller's own eval:
+                # evaluated, they can be handed over from any thread (a server closes its
+                # session on another thread than the one that generates).
+                out = mx.depends(out, layer.count(indices))
+            return out
         ids = np.array(indices)  # [..., k]; the one host sync of this layer
         if hook is not None:
             hook(layer.map.index, ids.reshape(-1, ids.shape[-1]))
