@@ -27,20 +27,31 @@ def _openai_error(response: httpx.Response, status: int) -> dict:
     ("body", "param"),
     [
         ({"model": "m", "messages": CHAT, "n": 2}, "n"),
-        ({"model": "m", "messages": CHAT, "logprobs": True}, "logprobs"),
+        ({"model": "m", "messages": CHAT, "top_logprobs": 2}, "top_logprobs"),
+        ({"model": "m", "messages": CHAT, "logprobs": True, "top_logprobs": 99}, "top_logprobs"),
         (
-            {
-                "model": "m",
-                "messages": CHAT,
-                "response_format": {"type": "json_schema", "json_schema": {}},
-            },
-            "response_format",
+            {"model": "m", "messages": CHAT, "response_format": {"type": "xml"}},
+            "response_format.type",
         ),
         (
             {
                 "model": "m",
                 "messages": CHAT,
-                "tool_choice": "required",
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"schema": {"type": "string", "pattern": "(unclosed"}},
+                },
+            },
+            "response_format",
+        ),
+        ({"model": "m", "messages": CHAT, "presence_penalty": 3}, "presence_penalty"),
+        ({"model": "m", "messages": CHAT, "logit_bias": {"99999": 1}}, "logit_bias.99999"),
+        ({"model": "m", "messages": CHAT, "reasoning_effort": "max"}, "reasoning_effort"),
+        (
+            {
+                "model": "m",
+                "messages": CHAT,
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
                 "tools": [{"type": "function", "function": {"name": "f"}}],
             },
             "tool_choice",
@@ -101,10 +112,20 @@ def test_body_size_is_limited(server):
                 "model": "m",
                 "max_tokens": 5,
                 "messages": CHAT,
-                "tool_choice": {"type": "any"},
+                "tool_choice": {"type": "tool", "name": "g"},
                 "tools": [{"name": "f", "input_schema": {}}],
             },
             "tool_choice",
+        ),
+        ({"model": "m", "max_tokens": 5, "messages": CHAT, "thinking": {"type": "x"}}, "thinking"),
+        (
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "messages": CHAT,
+                "output_config": {"format": {"type": "json_schema", "schema": {"pattern": "("}}},
+            },
+            "output_config.format",
         ),
         ({"model": "m", "max_tokens": "five", "messages": CHAT}, "max_tokens"),
     ],
@@ -123,7 +144,7 @@ def test_anthropic_client_sees_400(server):
             model="m",
             max_tokens=5,
             messages=CHAT,
-            tool_choice={"type": "any"},
+            tool_choice={"type": "tool", "name": "missing"},
             tools=[{"name": "f", "input_schema": {"type": "object"}}],
         )
 

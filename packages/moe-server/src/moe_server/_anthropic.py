@@ -10,8 +10,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ._engine import Engine, RequestError, read_json
+from ._reasoning import Reasoning
 from ._text import ToolCall
-from ._validate import arguments_object, get, positive_int, sampling, string_list
+from ._validate import (
+    arguments_object,
+    get,
+    positive_int,
+    sampling,
+    string_list,
+    template_kwargs,
+)
 from ._worker import Failure, Finish, Overloaded
 
 STOP_REASON = {
@@ -21,8 +29,9 @@ STOP_REASON = {
     "tool_calls": "tool_use",
 }
 RETRY_AFTER = "1"
-# Blocks that carry nothing a local model can use; dropped from history rather than refused.
-_IGNORED_BLOCKS = {"thinking", "redacted_thinking"}
+# Thinking blocks carry a signature the real API verifies; this server has nothing to sign and
+# verifies none, so it sends a fixed one that clients hand back unread.
+SIGNATURE = "moe-unsigned"
 
 
 def error_body(kind: str, message: str) -> dict:
@@ -44,7 +53,7 @@ def overloaded_response() -> JSONResponse:
 
 
 def _text_blocks(value: Any, where: str) -> str:
-    """A string, or a list of text blocks, as one string."""
+    """A string, or a list of text blocks (cache_control and citations ignored), as one string."""
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
@@ -65,7 +74,12 @@ def _text_blocks(value: Any, where: str) -> str:
 
 
 def convert_messages(body: dict) -> list[dict]:
-    """Anthropic system + messages into the chat template's format (tool_calls, role "tool")."""
+    """Anthropic system + messages into the chat template's format (tool_calls, role "tool").
+
+    System-role messages may stand anywhere in `messages` (Claude Code sends one after the
+    first user turn): they stay system messages where they are, which Qwen-style templates
+    render in place. Thinking blocks of assistant turns become `reasoning_content`.
+    """
     out: list[dict] = []
     system = body.get("system")
     if system is not None:
@@ -80,15 +94,20 @@ def convert_messages(body: dict) -> list[dict]:
         if not isinstance(message, dict):
             raise RequestError(f"'{where}' must be an object")
         role = get(message, "role", str, required=True, where=f"{where}.")
-        if role not in ("user", "assistant"):
-            raise RequestError(f"'{where}.role' must be 'user' or 'assistant', got {role!r}")
+        if role not in ("user", "assistant", "system"):
+            raise RequestError(
+                f"'{where}.role' must be 'user', 'assistant' or 'system', got {role!r}"
+            )
         content = message.get("content")
+        if role == "system":
+            out.append({"role": "system", "content": _text_blocks(content, f"{where}.content")})
+            continue
         if isinstance(content, str):
             out.append({"role": role, "content": content})
             continue
         if not isinstance(content, list):
             raise RequestError(f"'{where}.content' must be a string or a list of blocks")
-        texts, calls = [], []
+        texts, calls, thoughts = [], [], []
         for j, block in enumerate(content):
             at = f"{where}.content[{j}]"
             kind = block.get("type") if isinstance(block, dict) else None
@@ -117,8 +136,10 @@ def convert_messages(body: dict) -> list[dict]:
                         "content": text,
                     }
                 )
-            elif kind in _IGNORED_BLOCKS:
-                continue
+            elif kind == "thinking" and role == "assistant":
+                thoughts.append(get(block, "thinking", str, default="", where=f"{at}."))
+            elif kind == "redacted_thinking":
+                continue  # encrypted by another provider: nothing a local model can read
             else:
                 raise RequestError(
                     f"'{at}': block type {kind!r} is not supported in a {role} message"
@@ -127,20 +148,25 @@ def convert_messages(body: dict) -> list[dict]:
             converted: dict[str, Any] = {"role": role, "content": "".join(texts)}
             if calls:
                 converted["tool_calls"] = calls
+            if "".join(thoughts):
+                converted["reasoning_content"] = "\n".join(t for t in thoughts if t)
             out.append(converted)
     return out
 
 
-def convert_tools(body: dict) -> list[dict] | None:
+def convert_tools(body: dict) -> tuple[list[dict] | None, str | None]:
+    """The tools the template sees and the tool a call is forced of (None: not forced, "":
+    any tool). `disable_parallel_tool_use` needs nothing: a forced call is always one call."""
     tools = get(body, "tools", list)
     choice = get(body, "tool_choice", dict, default={"type": "auto"})
-    if not tools or choice.get("type") == "none":
-        return None
-    if choice.get("type") != "auto":
-        raise RequestError(
-            f"tool_choice type {choice.get('type')!r} is not supported; use 'auto' or "
-            "'none' (forcing a tool is not supported)"
-        )
+    kind = choice.get("type")
+    if kind not in ("auto", "any", "tool", "none"):
+        raise RequestError(f"'tool_choice.type' must be auto, any, tool or none, got {kind!r}")
+    if not tools or kind == "none":
+        return None, None
+    forced = {"auto": None, "any": ""}.get(kind)
+    if kind == "tool":
+        forced = get(choice, "name", str, required=True, where="tool_choice.")
     out = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
@@ -154,7 +180,44 @@ def convert_tools(body: dict) -> list[dict] | None:
         if isinstance(tool.get("description"), str):
             function["description"] = tool["description"]
         out.append({"type": "function", "function": function})
-    return out
+    return out, forced
+
+
+def _thinking(body: dict) -> bool | None:
+    """Anthropic's `thinking`: enabled and adaptive turn the template's thinking on, disabled
+    off; absent leaves the template's default."""
+    config = get(body, "thinking", dict)
+    if config is None:
+        return None
+    kind = config.get("type")
+    if kind not in ("enabled", "adaptive", "disabled"):
+        raise RequestError(f"'thinking.type' must be enabled, adaptive or disabled, got {kind!r}")
+    return kind != "disabled"
+
+
+def _output_format(body: dict) -> tuple[str, dict | None] | None:
+    """Structured outputs: `output_config.format` (or the older `output_format`) of type
+    json_schema."""
+    config = get(body, "output_config", dict, default={})
+    fmt = get(config, "format", dict, where="output_config.")
+    where = "output_config.format"
+    if fmt is None:
+        fmt, where = get(body, "output_format", dict), "output_format"
+    if fmt is None:
+        return None
+    if fmt.get("type") != "json_schema":
+        raise RequestError(f"'{where}.type' must be 'json_schema', got {fmt.get('type')!r}")
+    return ("json", get(fmt, "schema", dict, required=True, where=f"{where}."))
+
+
+async def _prepare(engine: Engine, body: dict) -> tuple[list[dict], list | None, dict, Any]:
+    """What both /v1/messages and count_tokens derive from a body, so they count the same."""
+    get(body, "model", str, required=True)
+    get(body, "metadata", dict)  # accepted (user_id); nothing here uses it
+    prompt = convert_messages(body)
+    tools, forced = convert_tools(body)
+    template = template_kwargs(thinking=_thinking(body), extra=None)
+    return prompt, tools, template, forced
 
 
 def _tool_use(call: ToolCall) -> dict:
@@ -173,12 +236,18 @@ async def messages(request: Request) -> Response:
         if max_tokens is None:
             raise RequestError("missing required field 'max_tokens'")
         stream = get(body, "stream", bool, default=False)
-        prompt, tools = convert_messages(body), convert_tools(body)
+        prompt, tools, template, forced = await _prepare(engine, body)
+        grammar = await engine.constraint(
+            _output_format(body), tools, forced, param="output_config.format"
+        )
         job = await engine.submit(
             prompt,
             tools=tools,
             stops=string_list(body, "stop_sequences"),
+            # max_tokens beyond the context (Claude Code asks for 32000) ends at the context.
             sampling=sampling(body, max_tokens=max_tokens),
+            template=template,
+            grammar=grammar,
         )
     except RequestError as e:
         return error_response(e)
@@ -194,11 +263,14 @@ async def messages(request: Request) -> Response:
         return StreamingResponse(_stream(engine, job, message), media_type="text/event-stream")
     content: list[dict] = []
     async for event in engine.events(job, request):
-        if isinstance(event, str):
-            if content and content[-1]["type"] == "text":
-                content[-1]["text"] += event
+        if isinstance(event, str | Reasoning):
+            kind, field = ("text", "text") if isinstance(event, str) else ("thinking", "thinking")
+            text = event if isinstance(event, str) else event.text
+            if content and content[-1]["type"] == kind:
+                content[-1][field] += text
             else:
-                content.append({"type": "text", "text": event})
+                block = {"type": kind, field: text}
+                content.append(block | {"signature": SIGNATURE} if kind == "thinking" else block)
         elif isinstance(event, ToolCall):
             content.append(_tool_use(event))
         elif isinstance(event, Failure):
@@ -239,23 +311,38 @@ async def _stream(engine: Engine, job, message: dict):
         },
     )
     yield _sse("ping", {})
-    index, text_open = 0, False
+    index, open_kind = 0, None  # the text or thinking block being streamed
+
+    def close():
+        nonlocal index, open_kind
+        events = []
+        if open_kind == "thinking":
+            delta = {"type": "signature_delta", "signature": SIGNATURE}
+            events.append(_sse("content_block_delta", {"index": index, "delta": delta}))
+        events.append(_sse("content_block_stop", {"index": index}))
+        index, open_kind = index + 1, None
+        return events
+
     async for event in engine.events(job):
-        if isinstance(event, str):
-            if not text_open:
-                yield _sse(
-                    "content_block_start",
-                    {"index": index, "content_block": {"type": "text", "text": ""}},
-                )
-                text_open = True
-            yield _sse(
-                "content_block_delta",
-                {"index": index, "delta": {"type": "text_delta", "text": event}},
+        if isinstance(event, str | Reasoning):
+            kind = "text" if isinstance(event, str) else "thinking"
+            if open_kind != kind:
+                for e in close() if open_kind else []:
+                    yield e
+                block = {"type": "text", "text": ""}
+                if kind == "thinking":
+                    block = {"type": "thinking", "thinking": "", "signature": ""}
+                yield _sse("content_block_start", {"index": index, "content_block": block})
+                open_kind = kind
+            delta = (
+                {"type": "text_delta", "text": event}
+                if kind == "text"
+                else {"type": "thinking_delta", "thinking": event.text}
             )
+            yield _sse("content_block_delta", {"index": index, "delta": delta})
             continue
-        if text_open:
-            yield _sse("content_block_stop", {"index": index})
-            index, text_open = index + 1, False
+        for e in close() if open_kind else []:
+            yield e
         if isinstance(event, ToolCall):
             block = _tool_use(event)
             yield _sse(
@@ -292,11 +379,12 @@ async def _stream(engine: Engine, job, message: dict):
 
 
 async def count_tokens(request: Request) -> Response:
+    """The prompt /v1/messages would run for the same body: system, messages, tools and the
+    thinking switch through the same conversion and template."""
     engine: Engine = request.app.state.engine
     try:
         body = await read_json(request, engine.limits.max_body_bytes)
-        get(body, "model", str, required=True)
-        prompt, tools = convert_messages(body), convert_tools(body)
-        return JSONResponse({"input_tokens": await engine.count_tokens(prompt, tools)})
+        prompt, tools, template, _ = await _prepare(engine, body)
+        return JSONResponse({"input_tokens": await engine.count_tokens(prompt, tools, template)})
     except RequestError as e:
         return error_response(e)

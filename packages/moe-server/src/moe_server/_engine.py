@@ -14,6 +14,7 @@ from starlette.requests import Request
 
 from ._metrics import Metrics
 from ._provider import Provider
+from ._reasoning import opens_thinking, splitter_for
 from ._text import ToolScanner
 from ._worker import Failure, Finish, Job, Worker
 
@@ -91,6 +92,7 @@ class Engine:
         self.worker = Worker(provider, max_queue=limits.max_queue)
         self.metrics = Metrics()
         self.created = int(time.time())
+        self._lltok = None  # llguidance's tokenizer, built on the first constrained request
 
     def tool_scanner(self, tools: list[dict] | None) -> ToolScanner:
         """A scanner for tool calls, or a pass-through when the request offers no tools."""
@@ -109,19 +111,112 @@ class Engine:
             tools=tools,
         )
 
-    async def count_tokens(self, prompt: Any, tools: list[dict] | None) -> int:
+    async def encode(
+        self, prompt: Any, tools: list[dict] | None, template: dict | None = None
+    ) -> list[int]:
+        """The prompt's token ids, exactly as the provider will render it."""
+        kwargs = {"chat_template_kwargs": template} if template else {}
         try:
-            ids = await run_in_threadpool(self.provider.encode_prompt, prompt, tools)
+            return await run_in_threadpool(self.provider.encode_prompt, prompt, tools, **kwargs)
         except Exception as e:  # a template that rejects the messages is the request's fault
             raise RequestError(f"the chat template could not render these messages: {e}") from None
-        return len(ids)
+
+    async def count_tokens(
+        self, prompt: Any, tools: list[dict] | None, template: dict | None = None
+    ) -> int:
+        return len(await self.encode(prompt, tools, template))
+
+    def context_length(self) -> int:
+        """The longest prompt this server takes: its own limit, or the model's if smaller."""
+        model_limit = getattr(getattr(self.provider, "kv", None), "max_context", None)
+        if isinstance(model_limit, int) and model_limit > 0:
+            return min(model_limit, self.limits.max_input_tokens)
+        return self.limits.max_input_tokens
+
+    async def grammar(
+        self,
+        kind: str,
+        *,
+        param: str,
+        schema: dict | None = None,
+        name: str | None = None,
+        tools: list[dict] | None = None,
+    ) -> str:
+        """A checked grammar for constrained decoding: kind "json" (`schema`, or any object) or
+        "tool" (one call of `name`, or of any of `tools`)."""
+        from . import _structured  # llguidance loads on the first constrained request
+
+        if self._lltok is None:
+            self._lltok = await run_in_threadpool(_structured.ll_tokenizer, self.provider.tokenizer)
+        if kind == "tool":
+            grammar = _structured.tool_call_grammar(self.provider.tokenizer, tools or [], name)
+        else:
+            try:
+                grammar = _structured.json_grammar(schema)
+            except ValueError as e:
+                raise RequestError(
+                    f"'{param}' is not a usable JSON schema: {e}", param=param
+                ) from None
+        await run_in_threadpool(_structured.check, grammar, self._lltok, param)
+        return grammar
+
+    async def constraint(
+        self, output: tuple[str, dict | None] | None, tools, forced: str | None, *, param: str
+    ) -> str | None:
+        """The grammar a request's output must follow: a forced tool call (`forced` "" for any
+        tool, else a name), a JSON format (`output` ("json", schema or None)), or none."""
+        if forced is not None:
+            if output is not None:
+                raise RequestError(
+                    f"'{param}' and a forced tool_choice cannot both apply", param=param
+                )
+            return await self.grammar("tool", tools=tools, name=forced or None, param="tool_choice")
+        if output is not None:
+            return await self.grammar("json", schema=output[1], param=param)
+        return None
+
+    def _processor(self, grammar: str, prompt_ids: list[int], template: dict) -> Any:
+        from . import _structured
+
+        tokenizer = self.provider.tokenizer
+        thinks = getattr(tokenizer, "has_thinking", False)
+        thinks = thinks and template.get("enable_thinking") is not False
+        marks = {}
+        for name in ("think_start_id", "think_end_id"):
+            try:
+                marks[name] = getattr(tokenizer, name) if thinks else None
+            except ValueError:  # a marker of several tokens: no thinking under a grammar
+                marks[name] = None
+        return _structured.GrammarProcessor(
+            self._lltok,
+            grammar,
+            think_start=marks["think_start_id"],
+            think_end=marks["think_end_id"],
+            thinking=thinks and opens_thinking(tokenizer, prompt_ids),
+        )
 
     async def submit(
-        self, prompt: Any, *, tools: list[dict] | None, stops: list[str], sampling: dict
+        self,
+        prompt: Any,
+        *,
+        tools: list[dict] | None,
+        stops: list[str],
+        sampling: dict,
+        template: dict | None = None,
+        grammar: str | None = None,
+        logprobs: int | None = None,
     ) -> Job:
-        """Check the prompt length and queue the generation (raises Overloaded when full)."""
+        """Check the prompt length and queue the generation (raises Overloaded when full).
+
+        `template`: chat template keyword arguments (enable_thinking), None for a raw
+        completion whose text is not split into reasoning and answer; `grammar`: from
+        `grammar()`, constrains the output; `logprobs`: None for none, else how many of the
+        most likely tokens to report beside each chosen one."""
         scanner = self.tool_scanner(tools)
-        prompt_tokens = await self.count_tokens(prompt, tools)
+        chat = template is not None  # raw completions keep every character, markers too
+        template = template or {}
+        ids = await self.encode(prompt, tools, template)
+        prompt_tokens = len(ids)
         if prompt_tokens > self.limits.max_input_tokens:
             raise RequestError(
                 f"the prompt is {prompt_tokens} tokens; this server accepts at most "
@@ -131,11 +226,18 @@ class Engine:
             )
         if tools:
             sampling = {**sampling, "tools": tools}
+        if template:
+            sampling = {**sampling, "chat_template_kwargs": template}
+        if grammar is not None:
+            processor = await run_in_threadpool(self._processor, grammar, ids, template)
+            sampling = {**sampling, "logits_processors": [processor]}
         job = Job(
             prompt=prompt,
             sampling=sampling,
             stops=stops,
             tools=scanner,
+            reasoning=splitter_for(self.provider.tokenizer if chat else None, ids),
+            logprobs=logprobs,
             prompt_tokens=prompt_tokens,
             loop=asyncio.get_running_loop(),
         )

@@ -12,12 +12,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ._engine import Engine, RequestError, read_json
+from ._reasoning import Reasoning
 from ._text import ToolCall
-from ._validate import arguments_object, get, positive_int, sampling, string_list
-from ._worker import Failure, Finish, Overloaded
+from ._validate import (
+    arguments_object,
+    effort_thinking,
+    get,
+    positive_int,
+    sampling,
+    string_list,
+    template_kwargs,
+)
+from ._worker import Failure, Finish, Overloaded, TokenLogprob
 
 FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length", "tool_calls": "tool_calls"}
 RETRY_AFTER = "1"
+MAX_TOP_LOGPROBS = 20
 
 
 def error_response(e: RequestError) -> JSONResponse:
@@ -51,6 +61,9 @@ class Options:
     include_usage: bool
     stops: list[str]
     sampling: dict
+    template: dict
+    logprobs: int | None
+    output: tuple[str, dict | None] | None  # response_format as ("json", schema)
 
 
 def _reject_unsupported(body: dict) -> None:
@@ -58,29 +71,56 @@ def _reject_unsupported(body: dict) -> None:
     n = get(body, "n", int, default=1)
     if n != 1:
         raise RequestError("only n=1 is supported", param="n")
-    for name in ("logprobs", "echo"):
-        if get(body, name, (bool, int), default=False):
-            raise RequestError(f"'{name}' is not supported by this server", param=name)
-    if get(body, "top_logprobs", int):
-        raise RequestError("'top_logprobs' is not supported by this server", param="top_logprobs")
+    if get(body, "echo", bool, default=False):
+        raise RequestError("'echo' is not supported by this server", param="echo")
     if get(body, "best_of", int, default=1) != 1:
         raise RequestError("only best_of=1 is supported", param="best_of")
     if get(body, "suffix", str):
         raise RequestError("'suffix' is not supported by this server", param="suffix")
-    if get(body, "logit_bias", dict):
-        raise RequestError("'logit_bias' is not supported by this server", param="logit_bias")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if get(body, name, float, default=0):
-            raise RequestError(f"'{name}' is not supported; use repetition_penalty", param=name)
-    fmt = get(body, "response_format", dict)
-    if fmt is not None and fmt.get("type") != "text":
-        raise RequestError(
-            f"response_format type {fmt.get('type')!r} is not supported; only 'text'",
-            param="response_format",
+
+
+def _logprobs(body: dict, *, chat: bool) -> int | None:
+    """How many alternatives to report per token, or None for no logprobs. Chat has
+    `logprobs: true` + `top_logprobs: n`; completions has `logprobs: n`."""
+    if chat:
+        if not get(body, "logprobs", bool, default=False):
+            if get(body, "top_logprobs", int):
+                raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+            return None
+        top = get(body, "top_logprobs", int, default=0)
+        name = "top_logprobs"
+    else:
+        top = get(body, "logprobs", int)
+        name = "logprobs"
+        if top is None:
+            return None
+    if not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise RequestError(f"'{name}' must be between 0 and {MAX_TOP_LOGPROBS}", param=name)
+    return top
+
+
+def response_format(
+    fmt: dict | None, where: str = "response_format"
+) -> tuple[str, dict | None] | None:
+    """None for free text, else ("json", schema or None for any JSON object)."""
+    if fmt is None or fmt.get("type") == "text":
+        return None
+    kind = fmt.get("type")
+    if kind == "json_object":
+        return ("json", None)
+    if kind == "json_schema":
+        spec = get(fmt, "json_schema", dict, required=True, where=f"{where}.")
+        schema = get(
+            spec, "schema", dict, default={"type": "object"}, where=f"{where}.json_schema."
         )
+        return ("json", schema)
+    raise RequestError(
+        f"'{where}.type' must be text, json_object or json_schema, got {kind!r}",
+        param=f"{where}.type",
+    )
 
 
-def _options(body: dict, engine: Engine) -> Options:
+def _options(body: dict, engine: Engine, *, chat: bool) -> Options:
     _reject_unsupported(body)
     model = get(body, "model", str, default=engine.provider.model_id)
     stream = get(body, "stream", bool, default=False)
@@ -91,13 +131,27 @@ def _options(body: dict, engine: Engine) -> Options:
     max_tokens = positive_int(body, "max_completion_tokens") or positive_int(
         body, "max_tokens", default=engine.limits.max_tokens_default
     )
+    thinking = get(body, "enable_thinking", bool)
+    if thinking is None:
+        thinking = effort_thinking(get(body, "reasoning_effort", str), "reasoning_effort")
     return Options(
         model=model,
         stream=stream,
         include_usage=include_usage,
         stops=string_list(body, "stop"),
-        sampling=sampling(body, max_tokens=max_tokens),
+        sampling=sampling(body, max_tokens=max_tokens, vocab=_vocab(engine)),
+        template=template_kwargs(thinking=thinking, extra=body.get("chat_template_kwargs")),
+        logprobs=_logprobs(body, chat=chat),
+        output=response_format(get(body, "response_format", dict)),
     )
+
+
+def _vocab(engine: Engine) -> int | None:
+    tokenizer = engine.provider.tokenizer
+    try:
+        return len(tokenizer.get_vocab())
+    except Exception:
+        return None
 
 
 def _text_content(content: Any, where: str) -> str:
@@ -149,6 +203,9 @@ def convert_messages(messages: list) -> list[dict]:
             converted["tool_call_id"] = get(
                 message, "tool_call_id", str, default="", where=f"{where}."
             )
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if role == "assistant" and isinstance(reasoning, str) and reasoning:
+            converted["reasoning_content"] = reasoning  # templates that show it, show it
         out.append(converted)
     if not out:
         raise RequestError("'messages' must not be empty", param="messages")
@@ -168,17 +225,14 @@ def _history_call(call: Any, where: str) -> dict:
     }
 
 
-def convert_tools(body: dict) -> list[dict] | None:
+def convert_tools(body: dict) -> tuple[list[dict] | None, str | None]:
+    """The tools the template sees, and the tool a call is forced of: None for no forcing,
+    "" for any tool (tool_choice "required"), else a name."""
     tools = get(body, "tools", list)
     choice = body.get("tool_choice", "auto")
     if choice == "none" or not tools:
-        return None
-    if choice != "auto":
-        raise RequestError(
-            "tool_choice must be 'auto' or 'none'; forcing a tool ('required' or a "
-            "named function) is not supported",
-            param="tool_choice",
-        )
+        return None, None
+    forced = _forced(choice)
     out = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
@@ -190,7 +244,22 @@ def convert_tools(body: dict) -> list[dict] | None:
         get(function, "name", str, required=True, where=f"{where}.function.")
         get(function, "parameters", dict, where=f"{where}.function.")
         out.append({"type": "function", "function": function})
-    return out
+    return out, forced
+
+
+def _forced(choice: Any) -> str | None:
+    if choice == "auto":
+        return None
+    if choice == "required":
+        return ""
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        function = get(choice, "function", dict, required=True, where="tool_choice.")
+        return get(function, "name", str, required=True, where="tool_choice.function.")
+    raise RequestError(
+        "tool_choice must be 'auto', 'none', 'required' or {'type': 'function', 'function': "
+        "{'name': ...}}",
+        param="tool_choice",
+    )
 
 
 def _usage(finish: Finish) -> dict:
@@ -218,10 +287,12 @@ async def _start(request: Request, *, chat: bool):
     engine: Engine = request.app.state.engine
     try:
         body = await read_json(request, engine.limits.max_body_bytes)
-        options = _options(body, engine)
+        options = _options(body, engine, chat=chat)
+        forced = None
         if chat:
             messages = get(body, "messages", list, required=True)
-            prompt, tools = convert_messages(messages), convert_tools(body)
+            prompt = convert_messages(messages)
+            tools, forced = convert_tools(body)
         else:
             prompt, tools = get(body, "prompt", (str, list), required=True), None
             if isinstance(prompt, list):
@@ -231,13 +302,31 @@ async def _start(request: Request, *, chat: bool):
                     )
                 prompt = prompt[0]
         job = await engine.submit(
-            prompt, tools=tools, stops=options.stops, sampling=options.sampling
+            prompt,
+            tools=tools,
+            stops=options.stops,
+            sampling=options.sampling,
+            template=options.template if chat else None,
+            grammar=await engine.constraint(options.output, tools, forced, param="response_format"),
+            logprobs=options.logprobs,
         )
     except RequestError as e:
         return None, error_response(e)
     except Overloaded:
         return None, overloaded_response()
     return options, job
+
+
+def logprob_entry(item: TokenLogprob) -> dict:
+    """A token in chat's logprobs.content shape."""
+    return {
+        "token": item.token,
+        "logprob": item.logprob,
+        "bytes": list(item.token.encode("utf-8")),
+        "top_logprobs": [
+            {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in item.top
+        ],
+    }
 
 
 async def chat_completions(request: Request) -> Response:
@@ -254,10 +343,14 @@ async def chat_completions(request: Request) -> Response:
         return StreamingResponse(
             _chat_stream(engine, job, options, meta), media_type="text/event-stream"
         )
-    text, calls = [], []
+    text, reasoning, calls, logprobs = [], [], [], []
     async for event in engine.events(job, request):
         if isinstance(event, str):
             text.append(event)
+        elif isinstance(event, Reasoning):
+            reasoning.append(event.text)
+        elif isinstance(event, TokenLogprob):
+            logprobs.append(logprob_entry(event))
         elif isinstance(event, ToolCall):
             calls.append(_tool_call_json(event))
         elif isinstance(event, Failure):
@@ -271,6 +364,8 @@ async def chat_completions(request: Request) -> Response:
         "role": "assistant",
         "content": "".join(text) or (None if calls else ""),
     }
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
     if calls:
         message["tool_calls"] = calls
     return JSONResponse(
@@ -281,7 +376,7 @@ async def chat_completions(request: Request) -> Response:
                 {
                     "index": 0,
                     "message": message,
-                    "logprobs": None,
+                    "logprobs": {"content": logprobs} if options.logprobs is not None else None,
                     "finish_reason": FINISH[finish.reason],
                 }
             ],
@@ -291,13 +386,24 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def _chat_stream(engine: Engine, job, options: Options, meta: dict):
+    pending: list[dict] = []  # logprobs of tokens whose text has not been sent yet
+
     def chunk(delta: dict, finish_reason=None) -> str:
+        logprobs = None
+        if options.logprobs is not None and (pending or finish_reason):
+            logprobs = {"content": pending[:]}
+            pending.clear()
         return _sse(
             {
                 **meta,
                 "object": "chat.completion.chunk",
                 "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                    {
+                        "index": 0,
+                        "delta": delta,
+                        "logprobs": logprobs,
+                        "finish_reason": finish_reason,
+                    }
                 ],
             }
         )
@@ -305,8 +411,12 @@ async def _chat_stream(engine: Engine, job, options: Options, meta: dict):
     yield chunk({"role": "assistant", "content": ""})
     index = 0
     async for event in engine.events(job):
-        if isinstance(event, str):
+        if isinstance(event, TokenLogprob):
+            pending.append(logprob_entry(event))
+        elif isinstance(event, str):
             yield chunk({"content": event})
+        elif isinstance(event, Reasoning):
+            yield chunk({"reasoning_content": event.text})
         elif isinstance(event, ToolCall):
             # As OpenAI streams them: id and name first, then the arguments.
             yield chunk(
@@ -345,6 +455,20 @@ async def _chat_stream(engine: Engine, job, options: Options, meta: dict):
     yield _sse("[DONE]")
 
 
+def _completion_logprobs(items: list[TokenLogprob], offset: int) -> dict:
+    """Completions' legacy logprobs shape: parallel lists, one entry per token."""
+    offsets = []
+    for item in items:
+        offsets.append(offset)
+        offset += len(item.token)
+    return {
+        "tokens": [i.token for i in items],
+        "token_logprobs": [i.logprob for i in items],
+        "top_logprobs": [dict(i.top) for i in items],
+        "text_offset": offsets,
+    }
+
+
 async def completions(request: Request) -> Response:
     options, job = await _start(request, chat=False)
     if options is None:
@@ -360,10 +484,12 @@ async def completions(request: Request) -> Response:
         return StreamingResponse(
             _completion_stream(engine, job, options, meta), media_type="text/event-stream"
         )
-    text = []
+    text, logprobs = [], []
     async for event in engine.events(job, request):
         if isinstance(event, str):
             text.append(event)
+        elif isinstance(event, TokenLogprob):
+            logprobs.append(event)
         elif isinstance(event, Failure):
             return JSONResponse(
                 {"error": error_body(f"generation failed: {event.message}", "server_error")},
@@ -378,7 +504,9 @@ async def completions(request: Request) -> Response:
                 {
                     "index": 0,
                     "text": "".join(text),
-                    "logprobs": None,
+                    "logprobs": (
+                        _completion_logprobs(logprobs, 0) if options.logprobs is not None else None
+                    ),
                     "finish_reason": FINISH[finish.reason],
                 }
             ],
@@ -388,18 +516,29 @@ async def completions(request: Request) -> Response:
 
 
 async def _completion_stream(engine: Engine, job, options: Options, meta: dict):
+    pending: list[TokenLogprob] = []
+    offset = 0
+
     def chunk(text: str, finish_reason=None) -> str:
+        nonlocal offset
+        logprobs = None
+        if options.logprobs is not None and (pending or finish_reason):
+            logprobs = _completion_logprobs(pending, offset)
+            offset += sum(len(p.token) for p in pending)
+            pending.clear()
         return _sse(
             {
                 **meta,
                 "choices": [
-                    {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+                    {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
                 ],
             }
         )
 
     async for event in engine.events(job):
-        if isinstance(event, str):
+        if isinstance(event, TokenLogprob):
+            pending.append(event)
+        elif isinstance(event, str):
             yield chunk(event)
         elif isinstance(event, Failure):
             if event.message != "cancelled":
@@ -412,20 +551,3 @@ async def _completion_stream(engine: Engine, job, options: Options, meta: dict):
             if options.include_usage:
                 yield _sse({**meta, "choices": [], "usage": _usage(event)})
     yield _sse("[DONE]")
-
-
-async def models(request: Request) -> Response:
-    engine: Engine = request.app.state.engine
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": [
-                {
-                    "id": engine.provider.model_id,
-                    "object": "model",
-                    "created": engine.created,
-                    "owned_by": "moe",
-                }
-            ],
-        }
-    )

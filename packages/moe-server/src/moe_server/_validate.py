@@ -71,14 +71,18 @@ def string_list(data: dict, name: str) -> list[str]:
     return [v for v in values if v]
 
 
-def sampling(data: dict, *, max_tokens: int) -> dict:
-    """Sampling options both APIs share, plus mlx-lm's top_k/min_p/repetition_penalty."""
-    out = {"max_tokens": max_tokens}
+def sampling(data: dict, *, max_tokens: int, vocab: int | None = None) -> dict:
+    """Sampling options the APIs share, plus mlx-lm's top_k/min_p/repetition_penalty; the
+    penalties and logit_bias are mlx-lm's logits processors (penalties look at the last 20
+    tokens, as in mlx-lm's own server)."""
+    out: dict[str, Any] = {"max_tokens": max_tokens}
     for name, low, high in (
         ("temperature", 0.0, 2.0),
         ("top_p", 0.0, 1.0),
         ("min_p", 0.0, 1.0),
         ("repetition_penalty", 0.0, 10.0),
+        ("presence_penalty", -2.0, 2.0),
+        ("frequency_penalty", -2.0, 2.0),
     ):
         value = number(data, name, low=low, high=high)
         if value is not None:
@@ -91,6 +95,25 @@ def sampling(data: dict, *, max_tokens: int) -> dict:
     seed = get(data, "seed", int)
     if seed is not None:
         out["seed"] = seed
+    bias = get(data, "logit_bias", dict)
+    if bias:
+        out["logit_bias"] = _logit_bias(bias, vocab)
+    return out
+
+
+def _logit_bias(bias: dict, vocab: int | None) -> dict[int, float]:
+    out = {}
+    for key, value in bias.items():
+        where = f"logit_bias.{key}"
+        if not str(key).isdigit() or (vocab is not None and int(key) >= vocab):
+            raise RequestError(f"'{where}': {key!r} is not a token id of this model", param=where)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not -100 <= value <= 100
+        ):
+            raise RequestError(f"'{where}' must be a number between -100 and 100", param=where)
+        out[int(key)] = float(value)
     return out
 
 
@@ -105,3 +128,42 @@ def arguments_object(arguments: Any, where: str) -> Any:
             return arguments
         return parsed if isinstance(parsed, dict) else arguments
     raise RequestError(f"'{where}' must be a JSON string or an object", param=where)
+
+
+# OpenAI's reasoning_effort values; "none" and "minimal" ask for no thinking.
+_EFFORT = {
+    "none": False,
+    "minimal": False,
+    "low": True,
+    "medium": True,
+    "high": True,
+    "xhigh": True,
+}
+
+
+def effort_thinking(effort: Any, where: str) -> bool | None:
+    if effort is None:
+        return None
+    if effort not in _EFFORT:
+        raise RequestError(
+            f"'{where}' must be one of {', '.join(_EFFORT)}, got {effort!r}", param=where
+        )
+    return _EFFORT[effort]
+
+
+def template_kwargs(
+    *, thinking: bool | None, extra: Any = None, where: str = "chat_template_kwargs"
+) -> dict:
+    """The chat template's keyword arguments: `extra` as given (a client's
+    chat_template_kwargs), with `enable_thinking` from the API's own thinking switch unless
+    `extra` names it."""
+    if extra is not None and not isinstance(extra, dict):
+        raise RequestError(f"'{where}' must be an object", param=where)
+    out = dict(extra or {})
+    if thinking is not None:
+        out.setdefault("enable_thinking", thinking)
+    reserved = {"messages", "tools", "add_generation_prompt", "tokenize"} & out.keys()
+    if reserved:
+        name = sorted(reserved)[0]
+        raise RequestError(f"'{where}.{name}' is set by the server", param=f"{where}.{name}")
+    return out

@@ -18,6 +18,7 @@ from typing import Any
 from moe_runtime import StopText
 
 from ._provider import Provider
+from ._reasoning import Reasoning, ReasoningSplitter
 from ._text import ToolCall, ToolScanner
 
 log = logging.getLogger("moe_server")
@@ -43,6 +44,15 @@ class Failure:
 
 
 @dataclass(slots=True)
+class TokenLogprob:
+    """One generated token's log probability and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
+@dataclass(slots=True)
 class Job:
     """One generation: what to run, where its events go, and a flag to stop it."""
 
@@ -52,6 +62,8 @@ class Job:
     tools: ToolScanner
     prompt_tokens: int
     loop: asyncio.AbstractEventLoop
+    reasoning: ReasoningSplitter = field(default_factory=lambda: ReasoningSplitter(None, None))
+    logprobs: int | None = None  # None: none; n: the chosen token's and the n most likely
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
@@ -138,9 +150,10 @@ class Worker:
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                 last = response
+                if job.logprobs is not None:
+                    job.emit(self._logprob(response, job.logprobs))
                 text, stopped = stops.feed(response.text)
-                for item in scanner.feed(text):
-                    job.emit(item)
+                self._route(job, job.reasoning.feed(text))
                 if stopped:
                     finish_reason = "stop_sequence"
                     break
@@ -158,7 +171,8 @@ class Worker:
             # An iterator that ends without a finish reason ran out of tokens.
             finish_reason = "length" if last is not None else "stop"
         tail = stops.flush() if finish_reason != "stop_sequence" else ""
-        for item in [*scanner.feed(tail), *scanner.finish(finish_reason)]:
+        self._route(job, [*job.reasoning.feed(tail), *job.reasoning.flush()])
+        for item in scanner.finish(finish_reason):
             job.emit(item)
         if scanner.calls and finish_reason != "length":
             finish_reason = "tool_calls"
@@ -174,5 +188,36 @@ class Worker:
             )
         )
 
+    @staticmethod
+    def _route(job: Job, pieces: list) -> None:
+        """Reasoning goes straight out; answer text through the tool-call scanner."""
+        for piece in pieces:
+            if isinstance(piece, Reasoning):
+                job.emit(piece)
+            else:
+                for item in job.tools.feed(piece):
+                    job.emit(item)
 
-__all__ = ["Failure", "Finish", "Job", "Overloaded", "ToolCall", "Worker"]
+    def _logprob(self, response: Any, top: int) -> TokenLogprob:
+        import mlx.core as mx  # the worker thread is the one that runs MLX
+
+        logprobs = response.logprobs
+        token = int(response.token)
+        alternatives: list[tuple[str, float]] = []
+        if top > 0:
+            ids = mx.argpartition(-logprobs, kth=top - 1)[:top]
+            values = logprobs[ids].tolist()
+            pairs = sorted(zip(values, ids.tolist(), strict=True), reverse=True)
+            alternatives = [(self._token_text(i), _finite(v)) for v, i in pairs]
+        return TokenLogprob(self._token_text(token), _finite(logprobs[token].item()), alternatives)
+
+    def _token_text(self, token: int) -> str:
+        return self.provider.tokenizer.decode([token])
+
+
+def _finite(logprob: float) -> float:
+    """JSON has no -inf; a token a grammar or bias ruled out gets OpenAI's floor instead."""
+    return max(float(logprob), -9999.0)
+
+
+__all__ = ["Failure", "Finish", "Job", "Overloaded", "TokenLogprob", "ToolCall", "Worker"]

@@ -1,0 +1,54 @@
+"""/v1/models and /v1/models/{id}: one answer that both the OpenAI and the Anthropic clients
+parse (each ignores the other's fields), with the context length agents size prompts by."""
+
+from __future__ import annotations
+
+import datetime
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ._engine import Engine
+
+
+def model_object(engine: Engine, model_id: str | None = None) -> dict:
+    """The loaded model (which answers any model name a request gives) in both APIs' shapes."""
+    name = model_id or engine.provider.model_id
+    context = engine.context_length()
+    return {
+        # OpenAI
+        "id": name,
+        "object": "model",
+        "created": engine.created,
+        "owned_by": "moe",
+        # Anthropic
+        "type": "model",
+        "display_name": engine.provider.model_id,
+        "created_at": datetime.datetime.fromtimestamp(engine.created, datetime.UTC)
+        .isoformat()
+        .replace("+00:00", "Z"),
+        # The prompt length it takes, under the names clients look for (vLLM, llama.cpp, LM Studio).
+        "context_length": context,
+        "max_model_len": context,
+        "max_context_length": context,
+        "max_input_tokens": context,
+    }
+
+
+async def models(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    model = model_object(engine)
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [model],
+            "has_more": False,
+            "first_id": model["id"],
+            "last_id": model["id"],
+        }
+    )
+
+
+async def model(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    return JSONResponse(model_object(engine, request.path_params["model_id"]))
