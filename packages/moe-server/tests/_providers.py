@@ -17,19 +17,25 @@ class ScriptedProvider:
         self.tokenizer, self.model_id = session.tokenizer, session.model_id
         self.scripts, self.delay, self.fail_after = list(scripts), delay, fail_after
         self.prompts: list = []
+        self.options: list[dict] = []  # each generation's keyword arguments
         self.yielded = 0  # tokens handed to the server, all requests together
         self.closed = 0  # generations whose iterator the server closed before the end
         self.calls = 0
 
-    def encode_prompt(self, prompt, tools=None) -> list[int]:
-        return self.session.encode_prompt(prompt, tools)
+    def encode_prompt(self, prompt, tools=None, **kwargs) -> list[int]:
+        return self.session.encode_prompt(prompt, tools, **kwargs)
 
     def stats(self) -> dict:
         return {"hit_rate": 0.75, "bytes_read": 4096}
 
-    def stream(self, prompt, *, max_tokens=256, tools=None, **sampling):
+    def stream(self, prompt, *, max_tokens=256, tools=None, chat_template_kwargs=None, **sampling):
         self.prompts.append(prompt)
-        prompt_tokens = len(self.encode_prompt(prompt, tools))
+        self.options.append(
+            {"max_tokens": max_tokens, "chat_template_kwargs": chat_template_kwargs, **sampling}
+        )
+        prompt_tokens = len(
+            self.encode_prompt(prompt, tools, chat_template_kwargs=chat_template_kwargs)
+        )
         script = self.scripts[self.calls % len(self.scripts)] if self.scripts else "word " * 1000
         self.calls += 1
         ids = self.tokenizer.encode(script, add_special_tokens=False)

@@ -147,3 +147,113 @@ def test_tool_use_round_trip(serve_app, provider):
         if line.startswith("data: ") and '"content_block_delta"' in line
     ]
     assert deltas[0]["type"] == "input_json_delta"
+
+
+def test_every_request_shape_claude_code_sends_is_accepted(serve_app, provider):
+    """System blocks with cache_control, system-role messages anywhere, thinking configs,
+    ?beta=true, anthropic-beta headers, metadata, context_management, output_config.effort,
+    tool_choice auto/any/tool/none, and a max_tokens far beyond the context."""
+    scripted = ScriptedProvider(provider, ["Fine."])
+    server = serve_app(scripted)
+    client = anthropic.Anthropic(
+        base_url=server.url,
+        api_key="x",
+        max_retries=0,
+        default_headers={"anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14"},
+    )
+    tools = [{"name": "f", "description": "F.", "input_schema": {"type": "object"}}]
+    base = dict(
+        model="claude-x-test",
+        max_tokens=32000,
+        system=[
+            {"type": "text", "text": "You are Claude Code."},
+            {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}},
+        ],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "<system-reminder>ctx</system-reminder>"},
+                    {"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}},
+                ],
+            },
+            {"role": "system", "content": "Agents available: none."},
+        ],
+        metadata={"user_id": "someone"},
+        extra_query={"beta": "true"},
+        extra_body={
+            "context_management": {"edits": [{"type": "clear_thinking_20251015"}]},
+            "output_config": {"effort": "high"},
+        },
+    )
+    for thinking in ({"type": "adaptive"}, {"type": "enabled", "budget_tokens": 2000}, None):
+        for choice in (None, {"type": "auto"}, {"type": "none"}):
+            extra = {"thinking": thinking} if thinking else {}
+            extra |= {"tool_choice": choice} if choice else {}
+            with client.messages.stream(**base, tools=tools, **extra) as stream:
+                reply = stream.get_final_message()  # streaming, as Claude Code asks
+            assert reply.content[0].text == "Fine." and reply.stop_reason == "end_turn"
+    prompt = scripted.prompts[-1]
+    assert prompt == [
+        {"role": "system", "content": "You are Claude Code.Be brief."},
+        {"role": "user", "content": "<system-reminder>ctx</system-reminder>Hi"},
+        {"role": "system", "content": "Agents available: none."},
+    ]
+    assert scripted.options[-1]["max_tokens"] == 32000  # the session ends it at its context
+
+
+def test_huge_max_tokens_ends_at_the_context(serve_app, provider):
+    """On the real session: max_tokens beyond the context is clamped, not refused."""
+    server = serve_app(provider, max_input_tokens=8000)
+    client = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0)
+    limit = provider.kv.max_context
+
+    def tokens(k: int) -> int:
+        return len(provider.encode_prompt([{"role": "user", "content": "word " * k}]))
+
+    low, high = 0, limit  # the most words whose prompt leaves room for a few tokens
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if tokens(mid) <= limit - 5 else (low, mid - 1)
+    text = "word " * low
+    ids = provider.encode_prompt([{"role": "user", "content": text}])
+    assert limit - 40 < len(ids) < limit
+    with client.messages.stream(
+        model="m", max_tokens=32000, messages=[{"role": "user", "content": text}]
+    ) as stream:
+        reply = stream.get_final_message()
+    assert reply.stop_reason == "max_tokens"
+    assert reply.usage.output_tokens == provider.kv.max_context - len(ids)
+
+
+def test_count_tokens_counts_tools_and_system_like_messages(client, provider, server):
+    tools = [{"name": "f", "description": "F.", "input_schema": {"type": "object"}}]
+    messages = [*USER, {"role": "system", "content": "Later rule."}]
+    counted = client.messages.count_tokens(
+        model="m", messages=messages, tools=tools, system="Be brief."
+    ).input_tokens
+    converted = [
+        {"role": "system", "content": "Be brief."},
+        *USER,
+        {"role": "system", "content": "Later rule."},
+    ]
+    tool = {
+        "type": "function",
+        "function": {"name": "f", "parameters": {"type": "object"}, "description": "F."},
+    }
+    assert counted == len(provider.encode_prompt(converted, [tool]))
+    assert counted > client.messages.count_tokens(model="m", messages=messages).input_tokens
+    reply = client.messages.create(
+        model="m", max_tokens=1, messages=messages, tools=tools, system="Be brief."
+    )
+    assert reply.usage.input_tokens == counted
+
+
+def test_models_in_anthropic_shape(client, provider, server):
+    [model] = client.models.list().data
+    assert model.type == "model" and model.id == provider.model_id
+    assert model.created_at.year >= 2024 and model.display_name
+    assert client.models.retrieve("claude-x-test").id == "claude-x-test"
+    raw = httpx.get(server.url + "/v1/models").json()
+    assert raw["has_more"] is False and raw["first_id"] == provider.model_id
+    assert raw["data"][0]["max_input_tokens"] == min(provider.kv.max_context, 1500)

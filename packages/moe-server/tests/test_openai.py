@@ -198,3 +198,11 @@ def test_tool_call_cut_by_max_tokens_finishes_cleanly(tool_server):
     assert reply.choices[0].finish_reason == "length"
     assert reply.choices[0].message.tool_calls is None
     assert reply.choices[0].message.content == "Let me check."
+
+
+def test_models_report_the_context_length(client, provider, server):
+    model = client.models.retrieve(provider.model_id)
+    assert model.id == provider.model_id and model.object == "model"
+    # The server's prompt limit (1500 in these tests) or the session's context, whichever is less.
+    assert model.context_length == model.max_model_len == min(provider.kv.max_context, 1500)
+    assert client.models.list().data[0].context_length == model.context_length

@@ -51,10 +51,9 @@ class ReasoningSplitter:
                 self._buffer = self._buffer[index + len(marker) :]
                 self.inside, self._fresh = not self.inside, True
                 continue
-            keep = StopText.held_back(self._buffer, [marker])
-            if self.inside:  # trailing whitespace may be the layout before `</think>`
-                keep = max(keep, len(self._buffer) - len(self._buffer.rstrip()))
-            cut = len(self._buffer) - keep
+            cut = len(self._buffer) - StopText.held_back(self._buffer, [marker])
+            if self.inside:  # whitespace there may be the layout before `</think>`
+                cut = len(self._buffer[:cut].rstrip())
             self._emit(out, self._buffer[:cut])
             self._buffer = self._buffer[cut:]
             return out
