@@ -3,8 +3,9 @@
     app = create_app(session)               # a Starlette app
     serve(session, host="127.0.0.1", port=8000, api_key=None)
 
-Endpoints: POST /v1/chat/completions, /v1/completions, /v1/messages, /v1/messages/count_tokens;
-GET /v1/models, /health, /metrics.
+Endpoints: POST /v1/chat/completions, /v1/completions, /v1/responses, /v1/messages,
+/v1/messages/count_tokens; GET /v1/models, /v1/models/{id}, /v1/responses/{id}, /health, /metrics;
+DELETE /v1/responses/{id}.
 """
 
 from ._app import BindError, check_bind, create_app, is_loopback, serve

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import _anthropic, _models, _openai, _responses
+from . import _anthropic, _completions, _models, _openai, _responses
 from ._engine import Engine, Limits
 from ._provider import Provider
 
@@ -163,7 +163,7 @@ def create_app(
 
     routes = [
         Route("/v1/chat/completions", _openai.chat_completions, methods=["POST"]),
-        Route("/v1/completions", _openai.completions, methods=["POST"]),
+        Route("/v1/completions", _completions.completions, methods=["POST"]),
         Route("/v1/responses", _responses.create, methods=["POST"]),
         Route("/v1/responses/{response_id}", _responses.retrieve, methods=["GET"]),
         Route("/v1/responses/{response_id}", _responses.delete, methods=["DELETE"]),

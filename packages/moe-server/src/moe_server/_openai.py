@@ -1,33 +1,27 @@
-"""OpenAI API: /v1/chat/completions, /v1/completions, /v1/models."""
+"""OpenAI API: /v1/chat/completions, and the request parsing /v1/completions shares."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ._engine import Engine, RequestError, read_json
+from ._openai_options import Options, parse_options
 from ._reasoning import Reasoning
 from ._text import ToolCall
 from ._validate import (
     arguments_object,
-    effort_thinking,
     get,
-    positive_int,
-    sampling,
-    string_list,
-    template_kwargs,
 )
 from ._worker import Failure, Finish, Overloaded, TokenLogprob
 
 FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length", "tool_calls": "tool_calls"}
 RETRY_AFTER = "1"
-MAX_TOP_LOGPROBS = 20
 
 
 def error_response(e: RequestError) -> JSONResponse:
@@ -52,106 +46,6 @@ def overloaded_response() -> JSONResponse:
         status_code=429,
         headers={"Retry-After": RETRY_AFTER},
     )
-
-
-@dataclass(slots=True, frozen=True)
-class Options:
-    model: str
-    stream: bool
-    include_usage: bool
-    stops: list[str]
-    sampling: dict
-    template: dict
-    logprobs: int | None
-    output: tuple[str, dict | None] | None  # response_format as ("json", schema)
-
-
-def _reject_unsupported(body: dict) -> None:
-    """Options this server cannot honour get a 400, never silence."""
-    n = get(body, "n", int, default=1)
-    if n != 1:
-        raise RequestError("only n=1 is supported", param="n")
-    if get(body, "echo", bool, default=False):
-        raise RequestError("'echo' is not supported by this server", param="echo")
-    if get(body, "best_of", int, default=1) != 1:
-        raise RequestError("only best_of=1 is supported", param="best_of")
-    if get(body, "suffix", str):
-        raise RequestError("'suffix' is not supported by this server", param="suffix")
-
-
-def _logprobs(body: dict, *, chat: bool) -> int | None:
-    """How many alternatives to report per token, or None for no logprobs. Chat has
-    `logprobs: true` + `top_logprobs: n`; completions has `logprobs: n`."""
-    if chat:
-        if not get(body, "logprobs", bool, default=False):
-            if get(body, "top_logprobs", int):
-                raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
-            return None
-        top = get(body, "top_logprobs", int, default=0)
-        name = "top_logprobs"
-    else:
-        top = get(body, "logprobs", int)
-        name = "logprobs"
-        if top is None:
-            return None
-    if not 0 <= top <= MAX_TOP_LOGPROBS:
-        raise RequestError(f"'{name}' must be between 0 and {MAX_TOP_LOGPROBS}", param=name)
-    return top
-
-
-def response_format(
-    fmt: dict | None, where: str = "response_format"
-) -> tuple[str, dict | None] | None:
-    """None for free text, else ("json", schema or None for any JSON object)."""
-    if fmt is None or fmt.get("type") == "text":
-        return None
-    kind = fmt.get("type")
-    if kind == "json_object":
-        return ("json", None)
-    if kind == "json_schema":
-        spec = get(fmt, "json_schema", dict, required=True, where=f"{where}.")
-        schema = get(
-            spec, "schema", dict, default={"type": "object"}, where=f"{where}.json_schema."
-        )
-        return ("json", schema)
-    raise RequestError(
-        f"'{where}.type' must be text, json_object or json_schema, got {kind!r}",
-        param=f"{where}.type",
-    )
-
-
-def _options(body: dict, engine: Engine, *, chat: bool) -> Options:
-    _reject_unsupported(body)
-    model = get(body, "model", str, default=engine.provider.model_id)
-    stream = get(body, "stream", bool, default=False)
-    stream_options = get(body, "stream_options", dict, default={})
-    include_usage = get(
-        stream_options, "include_usage", bool, default=False, where="stream_options."
-    )
-    max_tokens = positive_int(body, "max_completion_tokens") or positive_int(
-        body, "max_tokens", default=engine.limits.max_tokens_default
-    )
-    thinking = get(body, "enable_thinking", bool)
-    if thinking is None:
-        thinking = effort_thinking(get(body, "reasoning_effort", str), "reasoning_effort")
-    return Options(
-        model=model,
-        stream=stream,
-        include_usage=include_usage,
-        stops=string_list(body, "stop"),
-        sampling=sampling(body, max_tokens=max_tokens, vocab=_vocab(engine)),
-        template=template_kwargs(thinking=thinking, extra=body.get("chat_template_kwargs")),
-        logprobs=_logprobs(body, chat=chat),
-        output=response_format(get(body, "response_format", dict)),
-    )
-
-
-def _vocab(engine: Engine) -> int | None:
-    tokenizer = engine.provider.tokenizer
-    try:
-        return len(tokenizer.get_vocab())
-    except Exception:
-        return None
 
 
 def _text_content(content: Any, where: str) -> str:
@@ -287,7 +181,7 @@ async def _start(request: Request, *, chat: bool):
     engine: Engine = request.app.state.engine
     try:
         body = await read_json(request, engine.limits.max_body_bytes)
-        options = _options(body, engine, chat=chat)
+        options = parse_options(body, engine, chat=chat)
         forced = None
         if chat:
             messages = get(body, "messages", list, required=True)
@@ -452,102 +346,4 @@ async def _chat_stream(engine: Engine, job, options: Options, meta: dict):
                         "usage": _usage(event),
                     }
                 )
-    yield _sse("[DONE]")
-
-
-def _completion_logprobs(items: list[TokenLogprob], offset: int) -> dict:
-    """Completions' legacy logprobs shape: parallel lists, one entry per token."""
-    offsets = []
-    for item in items:
-        offsets.append(offset)
-        offset += len(item.token)
-    return {
-        "tokens": [i.token for i in items],
-        "token_logprobs": [i.logprob for i in items],
-        "top_logprobs": [dict(i.top) for i in items],
-        "text_offset": offsets,
-    }
-
-
-async def completions(request: Request) -> Response:
-    options, job = await _start(request, chat=False)
-    if options is None:
-        return job
-    engine: Engine = request.app.state.engine
-    meta = {
-        "id": f"cmpl-{uuid.uuid4().hex}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": options.model,
-    }
-    if options.stream:
-        return StreamingResponse(
-            _completion_stream(engine, job, options, meta), media_type="text/event-stream"
-        )
-    text, logprobs = [], []
-    async for event in engine.events(job, request):
-        if isinstance(event, str):
-            text.append(event)
-        elif isinstance(event, TokenLogprob):
-            logprobs.append(event)
-        elif isinstance(event, Failure):
-            return JSONResponse(
-                {"error": error_body(f"generation failed: {event.message}", "server_error")},
-                status_code=500,
-            )
-        elif isinstance(event, Finish):
-            finish = event
-    return JSONResponse(
-        {
-            **meta,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": "".join(text),
-                    "logprobs": (
-                        _completion_logprobs(logprobs, 0) if options.logprobs is not None else None
-                    ),
-                    "finish_reason": FINISH[finish.reason],
-                }
-            ],
-            "usage": _usage(finish),
-        }
-    )
-
-
-async def _completion_stream(engine: Engine, job, options: Options, meta: dict):
-    pending: list[TokenLogprob] = []
-    offset = 0
-
-    def chunk(text: str, finish_reason=None) -> str:
-        nonlocal offset
-        logprobs = None
-        if options.logprobs is not None and (pending or finish_reason):
-            logprobs = _completion_logprobs(pending, offset)
-            offset += sum(len(p.token) for p in pending)
-            pending.clear()
-        return _sse(
-            {
-                **meta,
-                "choices": [
-                    {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-                ],
-            }
-        )
-
-    async for event in engine.events(job):
-        if isinstance(event, TokenLogprob):
-            pending.append(event)
-        elif isinstance(event, str):
-            yield chunk(event)
-        elif isinstance(event, Failure):
-            if event.message != "cancelled":
-                yield _sse(
-                    {"error": error_body(f"generation failed: {event.message}", "server_error")}
-                )
-            return
-        elif isinstance(event, Finish):
-            yield chunk("", FINISH[event.reason])
-            if options.include_usage:
-                yield _sse({**meta, "choices": [], "usage": _usage(event)})
     yield _sse("[DONE]")
