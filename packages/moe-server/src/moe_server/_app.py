@@ -15,8 +15,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import _anthropic, _completions, _models, _openai, _responses
+from . import _anthropic, _completions, _models, _openai, _page, _responses
 from ._engine import Engine, Limits
+from ._events import LiveFeed, live_events
+from ._origin import SameOrigin
 from ._provider import Provider
 
 
@@ -57,6 +59,10 @@ def _error(path: str, status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse({"error": _openai.error_body(message, kind)}, status_code=status)
 
 
+# Paths that need the API key when one is set; the page (`/`, `/static`) holds no data.
+KEYED = ("/v1", "/live/")
+
+
 class _Guard:
     """API-key check on /v1 and per-request metrics, as plain ASGI so streams pass through."""
 
@@ -67,7 +73,7 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if self.api_key and path.startswith("/v1") and not self._authorized(scope):
+        if self.api_key and path.startswith(KEYED) and not self._authorized(scope):
             response = _error(path, 401, "authentication_error", "invalid or missing API key")
             self.engine.metrics.request(path, 401)
             return await response(scope, receive, send)
@@ -132,11 +138,13 @@ def create_app(
     max_input_tokens: int = 32768,
     max_tokens_default: int = 512,
     max_body_bytes: int = 4 * 1024 * 1024,
+    disk_mb_s: float | None = None,
 ) -> Starlette:
-    """An ASGI app serving `provider` over the OpenAI and Anthropic APIs.
+    """An ASGI app serving `provider` over the OpenAI and Anthropic APIs, and a live page at `/`.
 
     One worker thread runs the model; the event loop only parses, queues and streams, so
-    `/health` answers during a generation.
+    `/health` answers during a generation. `disk_mb_s` (the disk's measured read speed) is
+    what the page sets the expert reads against.
     """
     if not isinstance(provider, Provider):
         raise TypeError(
@@ -153,12 +161,21 @@ def create_app(
         ),
     )
 
+    live = LiveFeed(
+        engine.worker,
+        model=provider.model_id,
+        limits={"max_tokens_default": max_tokens_default, "max_input_tokens": max_input_tokens},
+        disk_mb_s=disk_mb_s,
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine.worker.start()
+        live.start()
         try:
             yield
         finally:
+            await live.stop()
             engine.worker.stop()
 
     routes = [
@@ -173,6 +190,8 @@ def create_app(
         Route("/v1/messages/count_tokens", _anthropic.count_tokens, methods=["POST"]),
         Route("/health", _health, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
+        Route("/live/events", live_events, methods=["GET"]),
+        *_page.routes(key_required=bool(api_key)),
     ]
     app = Starlette(
         routes=routes,
@@ -180,7 +199,10 @@ def create_app(
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     app.state.engine = engine
+    app.state.live = live
     app.add_middleware(_Guard, api_key=api_key, engine=engine)
+    # Added last, so it runs first: another origin is refused before anything else looks.
+    app.add_middleware(SameOrigin, loopback_only=not api_key, refuse=_error)
     return app
 
 

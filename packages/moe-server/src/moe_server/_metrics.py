@@ -18,6 +18,8 @@ ENDPOINTS = frozenset(
         "/v1/messages/count_tokens",
         "/health",
         "/metrics",
+        "/",
+        "/live/events",
     }
 )
 

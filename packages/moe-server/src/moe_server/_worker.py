@@ -17,6 +17,7 @@ from typing import Any
 
 from moe_runtime import StopText
 
+from ._live import Sampler
 from ._provider import Provider
 from ._reasoning import Reasoning, ReasoningSplitter
 from ._text import ToolCall, ToolScanner
@@ -84,6 +85,7 @@ class Worker:
         self.waiting = 0  # touched only on the event loop
         self.running = 0
         self.last_stats: dict = {}
+        self.live = Sampler(provider)  # what the live page shows, sampled on this thread
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -118,25 +120,29 @@ class Worker:
         self._snapshot_stats()
         while (job := self._jobs.get()) is not None:
             job.loop.call_soon_threadsafe(self._started)
+            self.live.begin(job)
+            outcome = "failed"
             try:
                 if not job.cancelled.is_set():
-                    self._generate(job)
+                    outcome = self._generate(job)
                 else:
+                    outcome = "cancelled"
                     job.emit(Failure("cancelled"))
             except Exception as e:  # a failing generation must not take the server down
                 log.exception("generation failed")
                 job.emit(Failure(f"{type(e).__name__}: {e}"))
             finally:
+                self.live.end(job, outcome)
                 self._snapshot_stats()
                 job.loop.call_soon_threadsafe(self._ended)
 
     def _snapshot_stats(self) -> None:
-        try:
-            self.last_stats = self.provider.stats() or {}
-        except Exception:
-            log.exception("provider.stats() failed")
+        sample = self.live.sample()
+        if sample is not None:
+            self.last_stats = sample.stats
 
-    def _generate(self, job: Job) -> None:
+    def _generate(self, job: Job) -> str:
+        """Run one job; returns its outcome (a finish reason, or "cancelled")."""
         stops = StopText(job.stops)
         scanner = job.tools
         first_token_at = None
@@ -147,8 +153,10 @@ class Worker:
             for response in iterator:
                 if job.cancelled.is_set():
                     break
+                now = time.perf_counter()
                 if first_token_at is None:
-                    first_token_at = time.perf_counter()
+                    first_token_at = now
+                self.live.token(job, now)
                 last = response
                 if job.logprobs is not None:
                     job.emit(self._logprob(response, job.logprobs))
@@ -166,7 +174,7 @@ class Worker:
                 close()
         if job.cancelled.is_set():
             job.emit(Failure("cancelled"))
-            return
+            return "cancelled"
         if finish_reason is None:
             # An iterator that ends without a finish reason ran out of tokens.
             finish_reason = "length" if last is not None else "stop"
@@ -187,6 +195,7 @@ class Worker:
                 generation_tps=float(getattr(last, "generation_tps", 0.0) or 0.0),
             )
         )
+        return finish_reason
 
     @staticmethod
     def _route(job: Job, pieces: list) -> None:

@@ -1,0 +1,157 @@
+"""What the live page is built from, sampled on the worker thread.
+
+The worker owns MLX, so everything that reads the model's state runs there: between two tokens,
+at most every `interval` seconds and only while a page is listening, and once after every job.
+A sample is counters the core already keeps (`provider.stats()`), the resident and pinned experts
+(`handle.resident()`, `handle.pinned()`: host-side tables, no device sync) and what this module
+counts itself with one clock read per token. The event loop only reads the latest sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("moe_server")
+
+# One byte per (layer, expert) cell of the residency grid.
+ABSENT, RESIDENT, PINNED, PAD = 0, 1, 3, 255  # PINNED includes RESIDENT's bit
+READ, EVICTED = 4, 8  # set by the feed from the difference between two grids
+
+
+@dataclass(slots=True, frozen=True)
+class Sample:
+    """The server's state at one instant; counters are cumulative since the server started."""
+
+    seq: int
+    t: float  # time.time()
+    tokens: int  # tokens generated, all jobs together
+    decode_tokens: int  # tokens after each job's first
+    decode_s: float  # seconds between consecutive tokens of a job (prefill and idle excluded)
+    hits: int
+    misses: int
+    bytes_read: int
+    read_seconds: float
+    process_memory: int | None
+    peak_memory: int | None
+    grid: np.ndarray | None  # [layers, experts] uint8 cells, None without an offload handle
+    stats: dict  # provider.stats() as it was
+
+
+@dataclass(slots=True)
+class _Job:
+    submitted: float
+    prompt_tokens: int
+    first: float | None = None
+    last: float | None = None
+    tokens: int = 0
+
+
+@dataclass(slots=True)
+class Sampler:
+    """Worker-side counters and samples. `listeners` is set by the event loop (a plain int)."""
+
+    provider: Any
+    interval: float = 0.25
+    listeners: int = 0
+    latest: Sample | None = None
+    requests: deque = field(default_factory=lambda: deque(maxlen=512))  # (id, record)
+    _tokens: int = 0
+    _decode_tokens: int = 0
+    _decode_s: float = 0.0
+    _seq: int = 0
+    _requests: int = 0
+    _sampled: float = 0.0
+    _jobs: dict[int, _Job] = field(default_factory=dict)
+
+    # -- called by the worker ----------------------------------------------------------------
+    def begin(self, job: Any) -> None:
+        self._jobs[id(job)] = _Job(job.submitted, job.prompt_tokens)
+
+    def token(self, job: Any, now: float) -> None:
+        """One token of `job` reached the server; samples when one is due and a page listens."""
+        state = self._jobs[id(job)]
+        if state.first is None:
+            state.first = now
+        else:
+            self._decode_tokens += 1
+            self._decode_s += now - state.last
+        state.last = now
+        state.tokens += 1
+        self._tokens += 1
+        if self.listeners and now - self._sampled >= self.interval:
+            self.sample(now)
+
+    def end(self, job: Any, outcome: str) -> None:
+        """Record one finished request: its time to first token, tokens, decode speed, outcome."""
+        state = self._jobs.pop(id(job), None)
+        if state is None:
+            return
+        decode = (state.last - state.first) if state.first is not None else 0.0
+        self._requests += 1
+        self.requests.append(
+            (
+                self._requests,
+                {
+                    "t": time.time(),
+                    "ttft_s": None if state.first is None else state.first - state.submitted,
+                    "prompt_tokens": state.prompt_tokens,
+                    "tokens": state.tokens,
+                    "tok_s": (state.tokens - 1) / decode if decode > 0 else None,
+                    "outcome": outcome,
+                },
+            )
+        )
+
+    def sample(self, now: float | None = None) -> Sample | None:
+        """Read the provider's counters and resident sets; on the worker thread only."""
+        self._sampled = time.perf_counter() if now is None else now
+        try:
+            stats = self.provider.stats() or {}
+            grid = residency(self.provider)
+        except Exception:  # the page must never take a generation down
+            log.exception("sampling the provider for the live page failed")
+            return None
+        session = stats.get("session") or {}
+        self._seq += 1
+        self.latest = Sample(
+            seq=self._seq,
+            t=time.time(),
+            tokens=self._tokens,
+            decode_tokens=self._decode_tokens,
+            decode_s=self._decode_s,
+            hits=int(stats.get("hits", 0)),
+            misses=int(stats.get("misses", 0)),
+            bytes_read=int(stats.get("bytes_read", 0)),
+            read_seconds=float(stats.get("read_seconds", 0.0)),
+            process_memory=session.get("process_memory"),
+            peak_memory=stats.get("peak_memory"),
+            grid=grid,
+            stats=stats,
+        )
+        return self.latest
+
+
+def residency(provider: Any) -> np.ndarray | None:
+    """Per MoE layer and expert: absent, resident or pinned (PAD past a layer's last expert).
+
+    Read from the provider's offload handle (`moe_runtime.Session.handle`); None without one.
+    """
+    handle = getattr(provider, "handle", None)
+    if handle is None:
+        return None
+    num_experts = list(handle.num_experts)
+    grid = np.full((len(num_experts), max(num_experts, default=0)), PAD, dtype=np.uint8)
+    rows = zip(num_experts, handle.resident(), handle.pinned(), strict=True)
+    for row, (n, resident, pinned) in zip(grid, rows, strict=True):
+        row[:n] = ABSENT
+        if resident:
+            row[np.fromiter(resident, np.int64, len(resident))] = RESIDENT
+        if pinned:
+            row[np.fromiter(pinned, np.int64, len(pinned))] = PINNED
+    return grid
