@@ -64,6 +64,8 @@ def test_answers_the_openai_client_and_stops_on_sigterm(server, checkpoint):
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert f"http://127.0.0.1:{port}/v1" in stderr
+    assert f"live page: http://127.0.0.1:{port}/" in stderr
+    assert "MB/s reading experts" in stderr  # the disk the page compares reads with
     assert "4 of " in stderr  # capacity per layer
     assert "mode: exact" in stderr
     assert "Traceback" not in stderr

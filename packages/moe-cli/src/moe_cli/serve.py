@@ -65,8 +65,17 @@ def serve(
     policy: PolicyOpt = "lfuda",
     miss: MissOpt = "exact",
     kv_bits: KVBitsOpt = None,
+    disk_mbps: Annotated[
+        float | None,
+        typer.Option(
+            "--disk-mbps",
+            min=0.001,
+            help="Disk read speed in MB/s the live page compares reads with (default: measure it).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Serve a model over the OpenAI and Anthropic HTTP APIs."""
+    """Serve a model over the OpenAI and Anthropic HTTP APIs, with a live page at /."""
     with user_errors():
         import moe_server
 
@@ -82,7 +91,9 @@ def serve(
             kv_bits=kv_bits,
         )
     with session:
-        announce(session, host, port)
+        if disk_mbps is None:
+            disk_mbps = measure_disk_for(session)
+        announce(session, host, port, disk_mbps)
         limits = {"max_tokens_default": max_tokens, "max_input_tokens": max_input_tokens}
         # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found;
         # finding one that ignores it lets a clean shutdown end with exit code 0.
@@ -94,6 +105,7 @@ def serve(
                 host=host,
                 port=port,
                 api_key=api_key,
+                disk_mb_s=disk_mbps,
                 **{name: value for name, value in limits.items() if value is not None},
             )
     err_console.print("stopped")
@@ -110,14 +122,28 @@ def check_port(host: str, port: int) -> None:
             fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
 
 
-def announce(session, host: str, port: int) -> None:
+def measure_disk_for(session) -> float | None:
+    """The disk's read speed for this checkpoint's experts (as `moe inspect` measures it)."""
+    from .inspect import measure_disk
+
+    try:
+        return measure_disk([layer.map for layer in session.handle.layers])
+    except OSError as e:  # the page then shows reads without the disk's line
+        err_console.print(f"[yellow]warning:[/] could not measure the disk: {e}", markup=True)
+        return None
+
+
+def announce(session, host: str, port: int, disk_mbps: float | None = None) -> None:
     """Where the server listens and what it holds in memory."""
     handle = session.handle
     budget = handle.budget
     shown = f"[{host}]" if ":" in host else host
     err_console.print(f"[bold]{session.model_id}[/] on http://{shown}:{port}/v1")
+    err_console.print(f"  live page: http://{shown}:{port}/")
     err_console.print(f"  experts: {describe_capacity(handle.capacity, handle.num_experts)}")
     memory = human_bytes(budget.memory) if budget.memory else "not set (capacity given)"
     err_console.print(f"  memory budget: {memory} ({budget.backend})")
     mode = "exact" if handle.miss == "exact" else f"{handle.miss} (LOSSY)"
     err_console.print(f"  mode: {mode}")
+    if disk_mbps is not None:
+        err_console.print(f"  disk: {disk_mbps:.0f} MB/s reading experts")
