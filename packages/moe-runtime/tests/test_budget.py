@@ -52,7 +52,7 @@ def test_cgroup_limit_sets_the_budget(ref, checkpoint, tmp_path, version, mlx_li
     # First learn the fixed costs under a roomy limit, then cap the cgroup at 5 slots per layer.
     roomy = fake_machine(tmp_path / "a", version=version, limit=4 * GB)
     with open_session(path, roomy, tmp_path) as s:
-        b = s.handle.budget
+        b = s.handle.plan
         assert b.memory == 4 * GB and b.reserve_bytes == s.kv.reserve_bytes > 0
         fixed = b.base_bytes + b.dense_bytes + b.scratch_bytes + b.reserve_bytes
         per_slot = sum(b.expert_bytes)
@@ -71,12 +71,12 @@ def test_cgroup_limit_sets_the_budget(ref, checkpoint, tmp_path, version, mlx_li
     # A shorter max_context reserves less KV headroom, which leaves more slots.
     shorter = b.reserve_bytes // per_token - (per_slot // 2) // per_token - 1
     with open_session(path, backend, tmp_path, max_context=shorter) as s:
-        assert s.handle.budget.reserve_bytes < b.reserve_bytes
+        assert s.handle.plan.reserve_bytes < b.reserve_bytes
         assert s.handle.capacity == [6] * len(s.handle.capacity)
 
 
 def test_memory_given_as_text(checkpoint, tmp_path, mlx_limits):
     backend = fake_machine(tmp_path, version=2, limit=8 * GB)
     with open_session(checkpoint("qwen3_moe"), backend, tmp_path, memory="1GB") as s:
-        assert s.handle.budget.memory == 10**9
-        assert "given" in s.handle.budget.reason
+        assert s.handle.plan.memory == 10**9
+        assert "given" in s.handle.plan.reason

@@ -38,6 +38,8 @@ class FakeProfile:
         caps[0] += total_slots - sum(caps)
         return caps
 
+    spread = moe_profiles.Profile.spread  # the plan's slots spread by `capacities`
+
     def pinned_for(self, capacities: list[int]) -> dict[int, list[int]]:
         out = {}
         for layer, ids in self.pinned.items():
@@ -160,18 +162,18 @@ def test_profile_capacities_under_a_memory_budget(ref, real_profile, tmp_path, s
     path, file, profile = real_profile
     kw = dict(warm_start=False, cache_dir=tmp_path, backend=steady_backend)
     with Session(path, capacity=6, **kw) as probe:
-        b = probe.handle.budget
+        b = probe.handle.plan
         fixed = b.base_bytes + b.dense_bytes + b.scratch_bytes + b.reserve_bytes
         per_slot = sum(b.expert_bytes)
         expert_bytes = b.expert_bytes
     memory = fixed + 6 * per_slot + per_slot // 2  # room for 6 slots in every layer
-    plain = moe_core.Budget
+    plain = moe_core.Plan
     with Session(path, memory=memory, **kw) as s:
         uniform = s.handle.capacity
         assert uniform == [6] * 4
     with Session(path, memory=memory, profile=file, **kw) as s:
         caps = s.handle.capacity
-        budget = s.handle.budget
+        budget = s.handle.plan
         assert isinstance(budget, plain) and budget.memory == memory
         assert "by the profile" in budget.reason
         assert sum(caps) == sum(uniform) and caps == profile.capacities(sum(uniform))

@@ -89,7 +89,7 @@ def build_report(
     config = json.loads((path / "config.json").read_text())
     lazy_model, _ = load_model(path, lazy=True)
     geometry = moe_core.describe(lazy_model, path)
-    fingerprint = moe_core.fingerprint(path)
+    fingerprint = geometry.fingerprint
 
     experts = list(geometry.num_experts)
     expert_bytes = list(geometry.expert_bytes)

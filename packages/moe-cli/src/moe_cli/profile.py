@@ -67,7 +67,6 @@ def record(
     with user_errors():
         from rich.progress import Progress
 
-        import moe_core
         from moe_profiles import Profile, TraceRecorder, load_preset_requests
 
         requests = (
@@ -78,7 +77,7 @@ def record(
         # Every prompt must run through the model in full for its routing to be recorded.
         session = open_session(model, memory=memory, capacity=capacity, prefix_cache=False)
         with session:
-            fingerprint = moe_core.fingerprint(session.model_path)
+            fingerprint = session.fingerprint
             recorder = TraceRecorder.attach(session.handle, fingerprint=fingerprint)
             with Progress(console=err_console, transient=True) as progress:
                 task = progress.add_task("Profiling", total=len(requests))

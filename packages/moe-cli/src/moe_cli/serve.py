@@ -136,7 +136,7 @@ def measure_disk_for(session) -> float | None:
 def announce(session, host: str, port: int, disk_mbps: float | None = None) -> None:
     """Where the server listens and what it holds in memory."""
     handle = session.handle
-    budget = handle.budget
+    budget = handle.plan
     shown = f"[{host}]" if ":" in host else host
     err_console.print(f"[bold]{session.model_id}[/] on http://{shown}:{port}/v1")
     err_console.print(f"  live page: http://{shown}:{port}/")

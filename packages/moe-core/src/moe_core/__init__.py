@@ -8,9 +8,13 @@ them. By default the output is identical to the unmodified model's.
 from ._backend import Backend, CPUBackend, CUDABackend, MetalBackend, detect_backend
 from ._bank import MISS_MODES
 from ._cache import CacheStats, ExpertCache, Wave
+from ._checkpoint import fingerprint
 from ._errors import BudgetError, CheckpointError, MoEError, UnsupportedModelError
-from ._offload import Budget, Geometry, OffloadHandle, describe, fingerprint, offload, plan_budget
+from ._geometry import Geometry, describe
+from ._handle import OffloadHandle
+from ._offload import offload
 from ._pack import PACK_NAME, open_pack, pack
+from ._plan import Plan, plan_budget
 from ._policy import POLICIES, Policy, make_policy
 from ._size import parse_size
 
@@ -19,7 +23,6 @@ __all__ = [
     "PACK_NAME",
     "POLICIES",
     "Backend",
-    "Budget",
     "BudgetError",
     "CPUBackend",
     "CUDABackend",
@@ -30,6 +33,7 @@ __all__ = [
     "MetalBackend",
     "MoEError",
     "OffloadHandle",
+    "Plan",
     "Policy",
     "UnsupportedModelError",
     "Wave",

@@ -207,9 +207,13 @@ def _check(entry: TensorEntry, dtype: str, shape: tuple[int, ...]) -> None:
 
 def fingerprint(model_path: str | Path) -> str:
     """A stable id of a checkpoint: its config and its tensor table (names, dtypes, shapes)."""
-    model_path = Path(model_path)
+    return checkpoint_fingerprint(Path(model_path))
+
+
+def checkpoint_fingerprint(model_path: Path, table: dict[str, TensorEntry] | None = None) -> str:
+    """`fingerprint`, from a tensor table already read (`describe` reads the headers once)."""
     config = json.loads((model_path / "config.json").read_text())
-    table = read_tensor_table(model_path)
+    table = read_tensor_table(model_path) if table is None else table
     digest = hashlib.sha256()
     digest.update(json.dumps(config, sort_keys=True).encode())
     for name in sorted(table):

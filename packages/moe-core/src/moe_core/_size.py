@@ -19,3 +19,8 @@ def parse_size(text: str | int) -> int:
     if value <= 0:
         raise ValueError(f"memory size must be positive: {text!r}")
     return int(value)
+
+
+def format_size(n: int | float) -> str:
+    """`1.23 GB` from a hundred megabytes up, `12.3 MB` below."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"

@@ -7,6 +7,7 @@ model by fingerprint and is refused for any other model.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+import moe_core
 
 from ._budget import allocate_from_curves, choose_pinned, hit_curves, measure_budget, pin_limit
 from ._errors import ProfileError
@@ -144,6 +147,27 @@ class Profile:
             return allocate_from_curves([list(c) for c in self.curves], total_slots, min_slots=mins)
         except ValueError as e:
             raise ProfileError(str(e)) from None
+
+    def spread(self, plan: moe_core.Plan) -> moe_core.Plan:
+        """`plan` with its slots spread over the layers as the hit curves say: the same total of
+        slots, no layer above its experts or below what one token needs (nor below the plan's
+        own), and no more expert bytes in all than the plan holds (layers' experts may differ in
+        size, so moving a slot between layers can cost bytes)."""
+        experts, sizes = plan.num_experts, plan.expert_bytes
+        floor = [min(max(1, self.top_k), e, p) for e, p in zip(experts, plan.capacity, strict=True)]
+        caps = [
+            min(max(int(c), lo), e)
+            for c, lo, e in zip(self.capacities(sum(plan.capacity)), floor, experts, strict=True)
+        ]
+        while sum(c * b for c, b in zip(caps, sizes, strict=True)) > plan.slot_bytes:
+            # Take a slot back from the layer furthest above its share in the plan.
+            over = [i for i in range(len(caps)) if caps[i] > floor[i]]
+            caps[max(over, key=lambda i: (caps[i] - plan.capacity[i], sizes[i]))] -= 1
+        return dataclasses.replace(
+            plan,
+            capacity=tuple(caps),
+            reason=f"{plan.reason}; spread over the layers by the profile",
+        )
 
     def check(self, fingerprint: str) -> None:
         """Raise unless this profile was made for the model with `fingerprint`."""

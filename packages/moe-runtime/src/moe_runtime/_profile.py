@@ -22,26 +22,6 @@ def profile_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def profile_capacity(profile, plan, geometry, top_k: int) -> list[int]:
-    """Spread the slots of a uniform budget plan (`moe_core.plan_budget`) over the layers as the
-    profile's hit curves say: the same total number of slots, no layer above its experts or
-    below what one token needs, and no more expert bytes in all than the plan holds (layers'
-    experts may differ in size, so moving a slot between layers can cost bytes)."""
-    experts = list(geometry.num_experts)
-    sizes = list(geometry.expert_bytes)
-    floor = [min(max(1, top_k), e, p) for e, p in zip(experts, plan.capacity, strict=True)]
-    caps = [
-        min(max(int(c), lo), e)
-        for c, lo, e in zip(profile.capacities(sum(plan.capacity)), floor, experts, strict=True)
-    ]
-    limit = sum(c * b for c, b in zip(plan.capacity, sizes, strict=True))
-    while sum(c * b for c, b in zip(caps, sizes, strict=True)) > limit:
-        # Take a slot back from the layer furthest above its share in the plan.
-        over = [i for i in range(len(caps)) if caps[i] > floor[i]]
-        caps[max(over, key=lambda i: (caps[i] - plan.capacity[i], sizes[i]))] -= 1
-    return caps
-
-
 def apply_profile(handle, profile) -> int:
     """Pin the profile's pinned experts as its own limit allows (at most half of a layer's slots,
     and top_k left free so a step can always load what it needs) and prefetch the hottest others;

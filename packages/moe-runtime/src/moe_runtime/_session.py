@@ -61,49 +61,39 @@ class Session:
         warm_start: bool = True,
         backend: moe_core.Backend | None = None,
     ) -> None:
-        if memory is not None and capacity is not None:
-            raise ValueError("give memory or capacity, not both")
         self.model_id, self.model_path = resolve_model(model)
         self.model, self.tokenizer, config = mlx_lm.load(
             str(self.model_path), lazy=True, return_config=True
         )
-        self.fingerprint = moe_core.fingerprint(self.model_path)
+        # The checkpoint's headers are read once, here; the plan is made once and handed down.
+        self.geometry = moe_core.describe(self.model, self.model_path)
+        self.fingerprint = self.geometry.fingerprint
+        backend = backend or moe_core.detect_backend()
         memory = moe_core.parse_size(memory) if memory is not None else None
         self.kv = plan_context(
             self.model,
             config,
             max_context=max_context,
             kv_bits=kv_bits,
-            memory=memory or (backend or moe_core.detect_backend()).available_memory(),
+            memory=memory or backend.available_memory(),
         )
-        self.profile = None
-        plan = None
-        if profile is not None:
-            from ._profile import load_profile, profile_capacity
-
-            self.profile = load_profile(profile, self.fingerprint)
-            if not isinstance(capacity, list):  # one number of slots, a memory budget, or neither
-                geometry = moe_core.describe(self.model, self.model_path)
-                plan = moe_core.plan_budget(
-                    geometry,
-                    capacity=capacity,
-                    memory=memory,
-                    reserve=self.kv.reserve_bytes,
-                    backend=backend,
-                )
-                capacity = profile_capacity(self.profile, plan, geometry, _top_k(config))
-        self.handle = moe_core.offload(
-            self.model,
-            self.model_path,
+        plan = moe_core.plan_budget(
+            self.geometry,
             capacity=capacity,
-            memory=memory if plan is None else None,
-            policy=policy,
-            miss=miss,
+            memory=memory,
             reserve=self.kv.reserve_bytes,
             backend=backend,
         )
-        if plan is not None:
-            self._apply_plan(plan)
+        self.profile = None
+        if profile is not None:
+            from ._profile import load_profile
+
+            self.profile = load_profile(profile, self.fingerprint)
+            if not isinstance(capacity, list):  # one number of slots, a memory budget, or neither
+                plan = self.profile.spread(plan)
+        self.handle = moe_core.offload(
+            self.model, self.geometry, plan, policy=policy, miss=miss, backend=backend
+        )
         mx.eval(self.model.parameters())  # non-expert weights; expert slots are already there
         self._warm_path = None
         self._warm_key = None
@@ -133,17 +123,6 @@ class Session:
         )
 
     # -- start ------------------------------------------------------------------------------
-
-    def _apply_plan(self, plan: moe_core.Budget) -> None:
-        """The profile spread the plan's slots over the layers: keep the plan's memory limit and
-        say so in the budget `stats()` reports."""
-        if plan.memory is not None:
-            self.handle.backend.set_limits(plan.memory)
-        self.handle.budget = dataclasses.replace(
-            plan,
-            capacity=tuple(self.handle.capacity),
-            reason=f"{plan.reason}; spread over the layers by the profile",
-        )
 
     def _start_experts(self) -> None:
         """Before the first request: run a short prompt once (MLX's first call is slow, and it
@@ -403,14 +382,6 @@ def _with_history(processors, history: list[int]):
     return [
         lambda tokens, logits, p=p: p(mx.concatenate([prefix, tokens]), logits) for p in processors
     ]
-
-
-def _top_k(config: dict) -> int:
-    config = {**config, **config.get("text_config", {})}
-    for name in ("num_experts_per_tok", "moe_topk", "top_k", "experts_per_token"):
-        if isinstance(config.get(name), int):
-            return config[name]
-    return 1
 
 
 _SESSION_ARGS = (

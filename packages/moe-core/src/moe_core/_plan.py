@@ -1,0 +1,130 @@
+"""`plan_budget(geometry, memory=...) -> Plan`: how many expert slots each MoE layer gets, what the
+memory went to, and why. A plan is computed once and handed down: a profile may turn it into
+another plan (spreading the same bytes differently over the layers), and `offload` installs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._backend import Backend, detect_backend
+from ._errors import BudgetError
+from ._geometry import Geometry
+from ._size import format_size, parse_size
+
+# Tokens per prefill chunk the activation headroom is sized for (mlx-lm prefills in chunks).
+PREFILL_TOKENS = 512
+_MARGIN = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Slots per MoE layer for one checkpoint on one backend, and how the memory was spent."""
+
+    capacity: tuple[int, ...]  # slots per MoE layer
+    reason: str
+    memory: int | None  # the process budget in bytes, when one was given or derived
+    backend: str
+    base_bytes: int  # what the process held before the model's weights
+    dense_bytes: int  # non-expert weights
+    expert_bytes: tuple[int, ...]  # one expert's bytes, per layer
+    scratch_bytes: int  # activations and margin kept free
+    reserve_bytes: int  # kept free for the caller (KV cache)
+    num_experts: tuple[int, ...] = ()  # per layer
+    fingerprint: str = ""  # of the checkpoint planned for
+
+    def __post_init__(self) -> None:
+        if len(self.capacity) != len(self.expert_bytes):
+            raise ValueError(
+                f"the plan has {len(self.capacity)} capacities for {len(self.expert_bytes)} "
+                "MoE layers"
+            )
+        for i, (c, e) in enumerate(zip(self.capacity, self.num_experts, strict=False)):
+            if not 1 <= c <= e:
+                raise BudgetError(f"capacity of MoE layer {i} must be in 1..{e}, got {c}")
+
+    @property
+    def slot_bytes(self) -> int:
+        """Bytes all the slots take."""
+        return sum(c * b for c, b in zip(self.capacity, self.expert_bytes, strict=True))
+
+
+def plan_budget(
+    geometry: Geometry,
+    *,
+    capacity: int | list[int] | tuple[int, ...] | None = None,
+    memory: int | str | None = None,
+    reserve: int | str = 0,
+    backend: Backend | None = None,
+) -> Plan:
+    """The slots per MoE layer for `capacity` (one number or one per layer) or `memory` (bytes
+    or text such as "16GB" the whole process may use), not both; with neither, what the backend
+    has available. `reserve` is kept free for the caller (KV cache).
+
+    Nothing is loaded, so a tool can show what fits first; raises `BudgetError` when `memory`
+    cannot hold the smallest working set.
+    """
+    if capacity is not None and memory is not None:
+        raise ValueError("give capacity or memory, not both")
+    memory = None if memory is None else parse_size(memory)
+    reserve = parse_size(reserve)
+    backend = backend or detect_backend()
+    num_experts = geometry.num_experts
+    expert_bytes = geometry.expert_bytes
+    base = backend.process_memory()
+    activations = _activation_bytes(geometry)
+    scratch = _MARGIN + backend.cache_reserve(activations) + activations
+    common = dict(
+        backend=backend.name,
+        base_bytes=base,
+        dense_bytes=geometry.dense_bytes,
+        expert_bytes=expert_bytes,
+        scratch_bytes=scratch,
+        reserve_bytes=reserve,
+        num_experts=num_experts,
+        fingerprint=geometry.fingerprint,
+    )
+    if capacity is not None:
+        caps = [capacity] * len(num_experts) if isinstance(capacity, int) else list(capacity)
+        if len(caps) != len(num_experts):
+            raise ValueError(
+                f"capacity lists {len(caps)} layers, the model has {len(num_experts)} MoE layers"
+            )
+        for i, (c, e) in enumerate(zip(caps, num_experts, strict=True)):
+            if c < 1:
+                raise BudgetError(f"capacity of MoE layer {i} must be at least 1, got {c}")
+            caps[i] = min(c, e)
+        return Plan(tuple(caps), "capacity given", None, **common)
+
+    given = memory is not None
+    memory = memory if memory is not None else backend.available_memory()
+    fixed = base + geometry.dense_bytes + scratch + reserve
+    per_slot = sum(expert_bytes)  # one slot in every MoE layer
+    slots = (memory - fixed) // per_slot
+    smallest = max(k or 1 for k in geometry.top_k)
+    if slots < smallest:
+        need = fixed + smallest * per_slot
+        raise BudgetError(
+            f"memory budget {format_size(memory)} is too small: it needs at least "
+            f"{format_size(need)} ({format_size(base)} process, {format_size(geometry.dense_bytes)} "
+            f"non-expert weights, {format_size(scratch + reserve)} scratch and reserve, {smallest} "
+            f"experts per layer of {format_size(per_slot)} per slot across layers)"
+        )
+    caps = tuple(int(min(slots, e)) for e in num_experts)
+    source = "given" if given else f"available on {backend.name}"
+    reason = (
+        f"{format_size(memory)} {source}: {format_size(fixed)} for the process, non-expert "
+        f"weights, scratch and reserve leaves room for {int(slots)} slots per layer"
+    )
+    return Plan(caps, reason, memory, **common)
+
+
+def _activation_bytes(geometry: Geometry) -> int:
+    """Float32 activations of one prefill chunk through the widest expert bank, its logits, and
+    the recurrent states a linear-attention layer keeps while it prefills."""
+    widest = 0
+    for bank, k in zip(geometry.banks, geometry.top_k, strict=True):
+        rows = {p.name.split(".")[0]: p.shape for p in bank.params if p.name.endswith("weight")}
+        hidden = sum(shape[0] for shape in rows.values())
+        widest = max(widest, (k or 1) * hidden)
+    per_token = (widest + geometry.vocab_size) * 4 * 2 + geometry.state_bytes_per_token
+    return PREFILL_TOKENS * per_token
