@@ -19,6 +19,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlx.core as mx
 import numpy as np
@@ -70,15 +71,18 @@ def routing_counts(model, path: Path, batches: list[mx.array]) -> np.ndarray:
     mx.eval(model.parameters())
     counts = np.zeros((len(handle.capacity), max(handle.num_experts)), dtype=np.int64)
 
-    def hook(layer: int, ids: np.ndarray) -> None:
+    def on_step(layer: int, ids: np.ndarray) -> None:
         np.add.at(counts[layer], np.asarray(ids).ravel(), 1)
 
-    handle.set_trace(hook)
+    handle.observe(SimpleNamespace(on_step=on_step))
     for x in batches:
         mx.eval(model(x))
-    handle.set_trace(None)
     handle.close()
     return counts
+
+
+def count(counts: np.ndarray, layer: int, ids: np.ndarray) -> None:
+    np.add.at(counts[layer], np.asarray(ids).ravel(), 1)
 
 
 def skew(counts: np.ndarray) -> list[float]:
@@ -93,7 +97,7 @@ def run(path: Path, batches, ref_logits, capacity: int, miss: str, warm: np.ndar
     handle = moe_core.offload(model, path, capacity=capacity, miss=miss)
     mx.eval(model.parameters())
     if counts is not None:
-        handle.set_trace(lambda layer, ids: np.add.at(counts[layer], np.asarray(ids).ravel(), 1))
+        handle.observe(SimpleNamespace(on_step=lambda layer, ids: count(counts, layer, ids)))
     if miss == "skip":
         # Skip never loads on a miss: start from the warm-up text's most-routed experts.
         order = np.argsort(-warm, axis=1, kind="stable")

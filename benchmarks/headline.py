@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 GEOMETRY = dict(
     model_type="qwen3_next", hidden_size=2048, num_hidden_layers=48, intermediate_size=5120,
@@ -252,11 +253,11 @@ def run(
         num_experts = handle.num_experts[0]
         counts = np.zeros((len(handle.capacity), num_experts), dtype=np.int64)
 
-        def trace(layer, ids):
+        def on_step(layer, ids):
             np.add.at(counts[layer], ids.ravel(), 1)
 
         if handle.capacity[0] < num_experts:  # a fully resident run keeps its sync-free path
-            handle.set_trace(trace)
+            handle.observe(SimpleNamespace(on_step=on_step))
     load_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, 100_000, size=prompt_tokens).tolist()

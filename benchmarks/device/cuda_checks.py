@@ -12,7 +12,7 @@ import time
 import mlx.core as mx
 import numpy as np
 
-from moe_core._store import slot_tensor, upload
+from moe_core._slots import slot_tensor, upload
 
 out = {"device": str(mx.default_device()), "device_info": {}}
 for key, value in mx.device_info().items():

@@ -63,3 +63,19 @@ def test_bad_flag_value_is_a_usage_error(run, checkpoint):
     result = run("generate", checkpoint, "hi", "--max-tokens", "0")
     assert result.exit_code == 2
     assert "Traceback" not in result.stderr
+
+
+def test_skip_says_what_it_skipped_and_which_warm_state_it_used(
+    run, checkpoint, tmp_path, monkeypatch
+):
+    """A lossy run's output depends on which experts start resident: --verbose says how many
+    choices were skipped and whether (and from where) saved state was used."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    args = ("generate", checkpoint, PROMPT, "-n", "6", "--capacity", "2", "--miss", "skip", "-v")
+    first = run(*args)
+    assert first.exit_code == 0, first.stderr
+    assert "skipped: " in first.stderr and "LOSSY" in first.stderr
+    assert f"warm start: cold (nothing usable at {tmp_path}" in first.stderr
+    second = run(*args)
+    assert second.exit_code == 0, second.stderr
+    assert f"warm start: restored from {tmp_path}" in second.stderr

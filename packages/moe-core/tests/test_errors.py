@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -95,7 +96,12 @@ def test_pinned_experts_are_never_evicted(moe_checkpoint):
     model, handle = offloaded(path, capacity=6)
     handle.pin({0: [1, 2]})
     seen = []
-    handle.set_trace(lambda layer, ids: seen.append(handle.resident()[0]) if layer == 0 else None)
+
+    def on_step(layer, ids):
+        if layer == 0:
+            seen.append(handle.resident()[0])
+
+    handle.observe(SimpleNamespace(on_step=on_step))
     for seed in range(4):
         model(mx.array([[seed * 7 + i for i in range(3, 40)]]))
     assert len(seen) > 1 and all({1, 2} <= resident for resident in seen)
@@ -184,3 +190,21 @@ def test_embedding_mistakes_get_clear_errors(moe_checkpoint):
     handle.close()
     with pytest.raises(MoEError, match="closed"):
         model(tokens)
+
+
+def test_skip_fills_its_cache_from_a_cold_start(moe_checkpoint):
+    """Skip computes only resident experts but reads the missing ones in the background, so a
+    cold cache fills instead of skipping every expert forever; stats say what was skipped."""
+    path = moe_checkpoint("qwen3_moe", "stacked", "q4")
+    model, handle = offloaded(path, capacity=4, miss="skip")
+    tokens = prompt(vocab_size(model), 8)
+    mx.eval(model(tokens))
+    first = handle.stats()
+    assert first["hits"] == 0 and first["skipped"] == first["misses"] > 0
+    assert first["bytes_read"] > 0 and all(len(r) > 0 for r in handle.resident())
+    handle.reset_stats()
+    mx.eval(model(tokens))
+    again = handle.stats()
+    assert again["hits"] > 0 and again["skipped"] == again["misses"]
+    assert again["miss"] == "skip" and again["lossy"]
+    handle.close()

@@ -1,6 +1,8 @@
 """Exact mode: logits and greedy tokens identical to the unmodified mlx-lm model, for every
 fixture family and layout, at full, half and the smallest capacity, in prefill and decode."""
 
+from types import SimpleNamespace
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -70,7 +72,11 @@ def test_prefill_reads_each_touched_expert_once(moe_checkpoint):
     path = moe_checkpoint("qwen3_moe", "stacked", "q4")
     model, handle = offloaded(path, capacity=capacity(path, "top_k"))
     touched = [set() for _ in handle.capacity]
-    handle.set_trace(lambda layer, ids: touched[layer].update(np.unique(ids).tolist()))
+
+    def on_step(layer, ids):
+        touched[layer].update(np.unique(ids).tolist())
+
+    handle.observe(SimpleNamespace(on_step=on_step))
     model(prompt(vocab_size(model), 64))
     stats = handle.stats()
     for layer, seen in zip(stats["layers"], touched, strict=True):
@@ -127,7 +133,7 @@ def test_staged_uploads_are_identical(moe_checkpoint, lookahead, which):
     model, handle = offloaded(
         path, capacity=capacity(path, which), backend=staged, lookahead=lookahead
     )
-    assert all(layer.staged is not None for layer in handle.layers)
+    assert all(layer.slots.staged is not None for layer in handle.layers)
     got, got_tokens = greedy(model, tokens, 10)
     assert got_tokens == want_tokens and identical(got, want)
     stats = handle.stats()
@@ -139,6 +145,17 @@ def test_staged_uploads_are_identical(moe_checkpoint, lookahead, which):
 class _NoHostSync:
     """numpy, except that reading an MLX array back to the host fails the test."""
 
+    @classmethod
+    def install(cls, monkeypatch):
+        """In every module of the forward pass."""
+        import moe_core._bank
+        import moe_core._miss
+        import moe_core._observers
+        import moe_core._reads
+
+        for module in (moe_core._bank, moe_core._miss, moe_core._observers, moe_core._reads):
+            monkeypatch.setattr(module, "np", cls())
+
     def __getattr__(self, name):
         return getattr(np, name)
 
@@ -147,8 +164,6 @@ class _NoHostSync:
 
 
 def test_fully_resident_layers_decode_without_host_sync(moe_checkpoint, monkeypatch):
-    import moe_core._bank as bank
-
     path = moe_checkpoint("qwen3_moe", "stacked", "q4")
     ref = reference(path)
     model, handle = offloaded(path, capacity=capacity(path, "full"))
@@ -158,10 +173,10 @@ def test_fully_resident_layers_decode_without_host_sync(moe_checkpoint, monkeypa
     assert out == ref_tokens and identical(logits, ref_logits)
     # The experts decode had not touched were read in the background; then every layer switched.
     assert sum(layer["prefetched"] for layer in handle.stats()["layers"]) > 0
-    assert all(layer.table is not None for layer in handle.layers)
+    assert all(layer.slots.table is not None for layer in handle.layers)
     assert all(len(r) == e for r, e in zip(handle.resident(), handle.num_experts, strict=True))
     before = handle.stats()["hits"]
-    monkeypatch.setattr(bank, "np", _NoHostSync())
+    _NoHostSync.install(monkeypatch)
     step = mx.array([[ref_tokens[-1]]])
     mx.eval(model(step))
     assert handle.stats()["hits"] > before
@@ -169,34 +184,27 @@ def test_fully_resident_layers_decode_without_host_sync(moe_checkpoint, monkeypa
 
 
 class _Counter:
-    """A counts-only trace hook: sums choices per layer from either path."""
-
-    counts_only = True
+    """A counting observer: sums choices per layer from either path."""
 
     def __init__(self, num_experts):
         self.counts = [np.zeros(n, dtype=np.int64) for n in num_experts]
 
-    def __call__(self, layer, ids):
-        self.counts[layer] += np.bincount(ids.ravel(), minlength=self.counts[layer].size)
-
-    def add_counts(self, layer, counts):
+    def on_counts(self, layer, counts):
         self.counts[layer] += counts
 
 
 def test_counting_hooks_keep_the_sync_free_path_and_lose_no_count(moe_checkpoint, monkeypatch):
-    import moe_core._bank as bank
-
     path = moe_checkpoint("qwen3_moe", "stacked", "q4")
     model, handle = offloaded(path, capacity=capacity(path, "full"))
     counter = _Counter(handle.num_experts)
-    handle.set_trace(counter)
+    handle.observe(counter)
     _, out = greedy(model, prompt(vocab_size(model), 1), 6)  # 7 tokens through every layer
-    assert all(layer.table is not None for layer in handle.layers)
-    monkeypatch.setattr(bank, "np", _NoHostSync())
+    assert all(layer.slots.table is not None for layer in handle.layers)
+    _NoHostSync.install(monkeypatch)
     for token in out[:3]:
         mx.eval(model(mx.array([[token]])))
     monkeypatch.undo()
-    handle.flush_trace()
+    handle.flush_counts()
     top_k = model.args.num_experts_per_tok
     assert [int(c.sum()) for c in counter.counts] == [10 * top_k] * len(handle.layers)
     handle.close()

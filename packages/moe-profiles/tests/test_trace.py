@@ -17,11 +17,11 @@ def test_synthetic_trace_round_trips(tmp_path):
 def test_recorder_keeps_steps_and_segments(tmp_path):
     rec = TraceRecorder([8, 8], top_k=2, fingerprint="abc")
     rec.segment("first")
-    rec(0, np.array([[0, 1], [2, 3]]))
-    rec(1, np.array([[4, 5], [6, 7]]))
+    rec.on_step(0, np.array([[0, 1], [2, 3]]))
+    rec.on_step(1, np.array([[4, 5], [6, 7]]))
     rec.segment("second")
-    rec(0, np.array([[1, 2]]))
-    rec(1, np.array([[7, 0]]))
+    rec.on_step(0, np.array([[1, 2]]))
+    rec.on_step(1, np.array([[7, 0]]))
     trace = rec.trace()
     assert trace.fingerprint == "abc" and trace.num_steps == 2 and trace.num_tokens == 3
     assert trace.segments == (Segment("first", (0, 0)), Segment("second", (1, 1)))

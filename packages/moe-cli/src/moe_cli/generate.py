@@ -106,4 +106,20 @@ def print_stats(last, stats: dict) -> None:
         f"misses), {stats['bytes_read'] / 1e6:.1f} MB read at {stats['read_mb_per_s']:.0f} MB/s; "
         f"mode {stats['miss']}"
     )
+    if stats.get("lossy"):
+        err(
+            f"skipped: {stats['skipped']} expert choices that were not resident "
+            f"(--miss {stats['miss']} is LOSSY)"
+        )
     err(f"peak memory: {human_bytes(stats['peak_memory'])}")
+    # Which experts start resident changes a lossy run's output: say where they came from.
+    warm = stats.get("session", {}).get("warm_start", {})
+    if not warm.get("enabled"):
+        err("warm start: off")
+    elif warm["restored"]:
+        err(f"warm start: restored from {warm['path']}", soft_wrap=True)
+    else:
+        err(
+            f"warm start: cold (nothing usable at {warm['path']}; saved there at exit)",
+            soft_wrap=True,
+        )

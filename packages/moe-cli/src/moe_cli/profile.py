@@ -85,7 +85,7 @@ def record(
                     recorder.segment(f"{preset or prompts.name}[{i}]")
                     session.generate(prompt, max_tokens=tokens, tools=tools)
                     progress.advance(task)
-            session.handle.set_trace(None)
+            session.handle.unobserve(recorder)
         trace = recorder.trace()
         source = {"model": session.model_id, "prompts": preset or str(prompts), "tokens": tokens}
         profile = Profile.from_trace(trace, source=source)

@@ -6,12 +6,12 @@ them. By default the output is identical to the unmodified model's.
 """
 
 from ._backend import Backend, CPUBackend, CUDABackend, MetalBackend, detect_backend
-from ._bank import MISS_MODES
 from ._cache import CacheStats, ExpertCache, Wave
 from ._checkpoint import fingerprint
 from ._errors import BudgetError, CheckpointError, MoEError, UnsupportedModelError
 from ._geometry import Geometry, describe
 from ._handle import OffloadHandle
+from ._miss import MISS_MODES
 from ._offload import offload
 from ._pack import PACK_NAME, open_pack, pack
 from ._plan import Plan, plan_budget

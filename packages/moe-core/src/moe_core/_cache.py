@@ -7,7 +7,7 @@ does the reads; the profile simulator replays traces through the very same class
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +48,8 @@ class ExpertCache:
     slot_of: np.ndarray = field(init=False)  # [E] slot of each expert, -1 when absent
     expert_in: np.ndarray = field(init=False)  # [C] expert in each slot, -1 when free
     pinned: np.ndarray = field(init=False)  # [E] bool
+    # Told the ids of experts that just left their slots (an offloaded layer's observers).
+    on_evict: Callable[[np.ndarray], None] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.capacity <= self.num_experts:
@@ -69,7 +71,27 @@ class ExpertCache:
         pinned_elsewhere = int(self.pinned.sum()) - int(self.pinned[needed].sum())
         return needed.size + pinned_elsewhere <= self.capacity
 
+    def reset_stats(self) -> None:
+        self.stats = CacheStats()
+
     # -- one routing step ----------------------------------------------------------------------
+    def record_hits(self, choices: int) -> None:
+        """A step whose `choices` were all resident, counted on the device (no host sync)."""
+        self.stats.hits += choices
+        self.stats.steps += 1
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """For a step that computes only the resident experts (lossy `skip`): each choice's
+        slot, -1 where absent, counting hits and misses per choice; nothing is admitted."""
+        slot = self.slot_of[ids]
+        resident = slot >= 0
+        hits = int(resident.sum())
+        self.stats.hits += hits
+        self.stats.misses += int(resident.size) - hits
+        assert isinstance(self.policy, Policy)
+        self.policy.on_access(np.unique(ids[resident]))
+        return slot
+
     def step(self, needed: np.ndarray, *, count: bool = True) -> Iterator[Wave]:
         """Plan one step over the unique expert ids `needed`.
 
@@ -147,6 +169,8 @@ class ExpertCache:
         self.expert_in[self.slot_of[experts]] = -1
         self.slot_of[experts] = -1
         self.stats.evictions += int(experts.size)
+        if self.on_evict is not None:
+            self.on_evict(experts)
 
     def forget(self, experts: np.ndarray) -> None:
         """Free the slots of `experts` whose reads failed: nothing stays marked resident that
@@ -159,15 +183,20 @@ class ExpertCache:
         self.slot_of[experts] = -1
 
     # -- outside the forward pass --------------------------------------------------------------
-    def prefetch(self, experts: np.ndarray) -> list[tuple[int, int]]:
-        """Make `experts` resident ahead of need (warm start, profiles, lookahead), evicting only
-        unpinned experts of lower priority than none: it fills free slots first, then evicts by
+    def prefetch(
+        self, experts: np.ndarray, *, keep: np.ndarray | None = None
+    ) -> list[tuple[int, int]]:
+        """Make `experts` resident ahead of need (warm start, profiles, lookahead, skip's fill),
+        evicting only unpinned experts not in `keep`: it fills free slots first, then evicts by
         policy. Loads are not counted as misses."""
         experts = np.unique(np.asarray(experts, dtype=np.int64))
         experts = experts[self.slot_of[experts] < 0]
-        room = self._free_slots().size + self._evictable(self.pinned).size
+        held = self.pinned.copy()
+        if keep is not None:
+            held[keep] = True
+        room = self._free_slots().size + self._evictable(held).size
         experts = experts[:room]
-        loads = self._admit(experts, self.pinned.copy() | _mask(self.num_experts, experts))
+        loads = self._admit(experts, held | _mask(self.num_experts, experts))
         self.stats.prefetched += len(loads)
         return loads
 

@@ -1,23 +1,28 @@
-"""`OffloadHandle`: what `offload` returns. Statistics, resident sets, pinning, prefetch and a
-trace hook over the offloaded banks of one model."""
+"""`OffloadHandle`: what `offload` returns. Statistics, resident sets, pinning, prefetch and the
+observers of one model's offloaded banks. Statistics are kept by whoever does the work (the cache,
+the store, the miss mode) and only read here."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
+from typing import TypeVar
 
 import mlx.nn as nn
 import numpy as np
 
 from ._backend import Backend
-from ._bank import Layer, TraceHook
+from ._bank import Layer
 from ._geometry import Geometry
+from ._observers import Observers
 from ._plan import Plan
 from ._store import ExpertStore
 
+T = TypeVar("T")
+
 
 class OffloadHandle:
-    """What `offload` returns: statistics, resident sets, pinning, prefetch, a trace hook."""
+    """The offloaded banks of one model: see `offload`."""
 
     def __init__(
         self,
@@ -27,6 +32,7 @@ class OffloadHandle:
         layers: list[Layer],
         store: ExpertStore,
         backend: Backend,
+        observers: Observers,
     ) -> None:
         self.model = model
         self.geometry = geometry
@@ -34,7 +40,7 @@ class OffloadHandle:
         self.layers = layers
         self.store = store
         self.backend = backend
-        self._trace: list[TraceHook | None] = layers[0].trace
+        self._observers = observers
 
     @property
     def capacity(self) -> list[int]:
@@ -46,10 +52,11 @@ class OffloadHandle:
 
     @property
     def miss(self) -> str:
-        return self.layers[0].miss
+        return self.layers[0].miss.name
 
+    # -- resident experts -----------------------------------------------------------------------
     def resident(self) -> list[set[int]]:
-        """Per MoE layer, the expert ids now in memory."""
+        """Per MoE layer, the expert ids now in memory (host-side tables: no device sync)."""
         return [set(layer.cache.resident().tolist()) for layer in self.layers]
 
     def pinned(self) -> list[set[int]]:
@@ -59,8 +66,8 @@ class OffloadHandle:
         """Load and pin experts per MoE layer; a pinned expert is never evicted."""
         for index, ids in layer_to_ids.items():
             layer = self.layers[index]
-            layer.wait()
-            layer.load(layer.cache.pin(np.fromiter(ids, dtype=np.int64)))
+            layer.reads.wait()
+            layer.reads.load(layer.cache.pin(np.fromiter(ids, dtype=np.int64)))
 
     def unpin(self, layer_to_ids: Mapping[int, Iterable[int]] | None = None) -> None:
         for index, layer in enumerate(self.layers):
@@ -74,32 +81,47 @@ class OffloadHandle:
         count = 0
         for index, ids in layer_to_ids.items():
             layer = self.layers[index]
-            layer.wait()
+            layer.reads.wait()
             loads = layer.cache.prefetch(np.fromiter(ids, dtype=np.int64))
-            layer.load(loads)
+            layer.reads.load(loads)
             count += len(loads)
         return count
 
-    def set_trace(self, hook: TraceHook | None) -> None:
-        """Call `hook(layer, ids)` with each step's selected experts `ids` ([tokens, k]).
+    # -- observers ------------------------------------------------------------------------------
+    def observe(self, observer: T) -> T:
+        """Tell `observer` what the banks do, beside any others; returns it.
 
-        A hook that only counts (`counts_only = True`, with `add_counts(layer, counts)`) lets
-        layers holding all their experts skip the host sync: they count on the device and hand
-        the counts over in batches, and at `flush_trace`."""
-        self.flush_trace()
-        self._trace[0] = hook
+        It may have any of `on_step(layer, ids)` (each step's chosen experts, [tokens, k]: this
+        keeps every layer on the host-synced path), `on_counts(layer, counts)` (how often each
+        expert was chosen, in batches; layers holding all their experts count on the device and
+        hand counts over every 64 steps and at `flush_counts`), `on_reads(layer, experts)` and
+        `on_evictions(layer, experts)`. They are called on the thread running the model and
+        should only add to counters."""
+        self.flush_counts()
+        self._observers.add(observer)
+        return observer
 
-    def flush_trace(self) -> None:
-        """Hand counts still held on the device to the counting hook."""
+    def unobserve(self, observer: object) -> None:
+        """Stop telling `observer` (after handing it the counts held on the device)."""
+        self.flush_counts()
+        self._observers.remove(observer)
+
+    def flush_counts(self) -> None:
+        """Hand counts still held on the device to the counting observers."""
         for layer in self.layers:
-            layer.flush_counts()
+            layer.counts.flush()
 
+    # -- statistics -----------------------------------------------------------------------------
     def stats(self) -> dict:
-        """Hits, misses, bytes and seconds read, in all and per MoE layer, and the budget."""
+        """Hits, misses, bytes and seconds read, in all and per MoE layer, and the plan."""
         per_layer = []
         for layer in self.layers:
-            layer.wait()
-            cache = layer.cache
+            layer.reads.wait()
+            cache, read, ahead = (
+                layer.cache,
+                self.store.stats_of(layer.map.index),
+                layer.reads.ahead,
+            )
             per_layer.append(
                 {
                     "layer": layer.map.index,
@@ -109,26 +131,30 @@ class OffloadHandle:
                     "resident": int((cache.expert_in >= 0).sum()),
                     "pinned": int(cache.pinned.sum()),
                     **cache.stats.as_dict(),
-                    "bytes_read": layer.stats.bytes_read,
-                    "read_seconds": layer.stats.read_seconds,
-                    "skipped": layer.stats.skipped,
-                    "lookahead_predicted": layer.lookahead.predicted if layer.lookahead else 0,
+                    "bytes_read": read.bytes_read,
+                    "read_seconds": read.read_seconds,
+                    **layer.miss.stats(),
+                    "lookahead_predicted": ahead.predicted if ahead else 0,
                 }
             )
         hits = sum(p["hits"] for p in per_layer)
         misses = sum(p["misses"] for p in per_layer)
-        seconds = self.store.stats.read_seconds
+        total = self.store.stats
         return {
             "miss": self.miss,
+            "lossy": self.layers[0].miss.lossy,
             "packed": self.layers[0].map.contiguous,
-            "lookahead": self.layers[0].lookahead is not None,
+            "lookahead": self.layers[0].reads.ahead is not None,
             "policy": self.layers[0].cache.policy.name,
             "hits": hits,
             "misses": misses,
             "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
-            "bytes_read": self.store.stats.bytes_read,
-            "read_seconds": seconds,
-            "read_mb_per_s": self.store.stats.bytes_read / seconds / 1e6 if seconds else 0.0,
+            "skipped": sum(p["skipped"] for p in per_layer),
+            "bytes_read": total.bytes_read,
+            "read_seconds": total.read_seconds,
+            "read_mb_per_s": total.bytes_read / total.read_seconds / 1e6
+            if total.read_seconds
+            else 0.0,
             "evictions": sum(p["evictions"] for p in per_layer),
             "peak_memory": self.backend.peak_memory(),
             "budget": asdict(self.plan),
@@ -137,14 +163,15 @@ class OffloadHandle:
 
     def reset_stats(self) -> None:
         for layer in self.layers:
-            layer.cache.stats = type(layer.cache.stats)()
-            layer.stats = type(layer.stats)()
-        self.store.stats = type(self.store.stats)()
+            layer.reads.wait()
+            layer.cache.reset_stats()
+            layer.miss.reset_stats()
+        self.store.reset_stats()
 
     def close(self) -> None:
         """Join reads in flight and close the checkpoint's files; the model cannot run after."""
         for layer in self.layers:
-            layer.wait()
+            layer.reads.wait()
             layer.closed = True
         self.store.close()
 

@@ -7,6 +7,7 @@ yet: the banks' lazy expert arrays are replaced by slot tensors before anything 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -14,15 +15,19 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ._backend import Backend, detect_backend
-from ._bank import MISS_MODES, Lookahead, OffloadedBank, TraceHook, tap_router
+from ._bank import Layer, OffloadedBank
 from ._cache import ExpertCache
 from ._checkpoint import BankMap, find_banks
 from ._errors import CheckpointError, MoEError
 from ._geometry import Geometry, block_of, describe
 from ._handle import OffloadHandle
+from ._miss import MISS_MODES, make_miss
+from ._observers import DeviceCounts, Observers
 from ._pack import PACK_NAME, open_pack
 from ._plan import Plan, plan_budget
 from ._policy import POLICIES
+from ._reads import Lookahead, Reader
+from ._slots import SlotMemory
 from ._store import ExpertStore
 
 
@@ -79,16 +84,18 @@ def offload(
     banks = find_banks(model)
     maps = _packed_maps(geometry, packed)
     store = ExpertStore(maps, threads=threads)
-    trace: list[TraceHook | None] = [None]
+    observers = Observers()
     layers = []
-    for (path, bank), bank_map, slots in zip(banks, maps, plan.capacity, strict=True):
-        cache = ExpertCache(bank_map.num_experts, slots, policy)
-        layer = OffloadedBank.install(bank, bank_map, cache, store, direct=backend.unified_memory)
-        layer.miss, layer.trace = miss, trace
-        parent, name = block_of(model, path)
-        if miss == "skip":
-            layer.router = tap_router(parent)
-        setattr(parent, name, OffloadedBank(bank, layer))
+    for (path, bank), bank_map, capacity in zip(banks, maps, plan.capacity, strict=True):
+        index, experts = bank_map.index, bank_map.num_experts
+        cache = ExpertCache(experts, capacity, policy)
+        cache.on_evict = functools.partial(observers.evicted, index)
+        slots = SlotMemory(bank, bank_map, capacity, direct=backend.unified_memory)
+        reads = Reader(bank_map, cache, slots, store, observers)
+        block, name = block_of(model, path)
+        counts = DeviceCounts(index, experts, observers)
+        layer = Layer(bank_map, cache, slots, reads, make_miss(miss, block), counts, observers)
+        setattr(block, name, OffloadedBank(bank, layer))
         layers.append(layer)
     if lookahead and miss == "exact":
         for layer, nxt, (path, _), k in zip(
@@ -96,9 +103,9 @@ def offload(
         ):
             router = _router(block_of(model, path)[0])
             if router is not None and k:
-                layer.lookahead = Lookahead(nxt, router, k)
+                layer.reads.ahead = Lookahead(nxt.reads, router, k)
     mx.clear_cache()
-    return OffloadHandle(model, geometry, plan, layers, store, backend)
+    return OffloadHandle(model, geometry, plan, layers, store, backend, observers)
 
 
 def _check_plan(plan: Plan, geometry: Geometry, backend: Backend) -> None:

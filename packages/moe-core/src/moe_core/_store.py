@@ -2,8 +2,12 @@
 slot buffers MLX computes on.
 
 Reads use `os.preadv` (the GIL is released while the kernel copies), several experts at a time from
-a small thread pool. The store counts bytes and seconds so its throughput can be set beside the
-disk's own.
+a small thread pool. The store counts bytes and seconds, in all and per bank, so its throughput can
+be set beside the disk's own.
+
+`ExpertSource` is what slot memory reads from: this store (the checkpoint or its pack) today; a
+memory tier between the slots and storage (pinned host RAM on CUDA) is another source in front of
+it.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-import mlx.core as mx
 import numpy as np
 
 from ._checkpoint import BankMap
@@ -25,8 +29,23 @@ from ._errors import CheckpointError
 @dataclass(slots=True)
 class StoreStats:
     bytes_read: int = 0
-    read_seconds: float = 0.0
+    read_seconds: float = 0.0  # batches' spans from submission to the last expert landed
     experts_read: int = 0
+
+
+class ExpertSource(Protocol):
+    """Where slot memory gets an expert's bytes from."""
+
+    def submit(
+        self, bank: BankMap, loads: list[tuple[int, int]], dests: list[np.ndarray]
+    ) -> Future[None]:
+        """Start reading each `(expert, slot)` of `loads` into row `slot` of every param's byte
+        view in `dests`; the future is done (or failed) when all have landed."""
+        ...
+
+    def stats_of(self, bank: int) -> StoreStats:
+        """What was read for MoE layer `bank`."""
+        ...
 
 
 class ExpertStore:
@@ -44,6 +63,7 @@ class ExpertStore:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="moe-read")
         self._lock = threading.Lock()
         self.stats = StoreStats()
+        self._banks = {bank.index: StoreStats() for bank in banks}
 
     def read(self, bank: BankMap, loads: list[tuple[int, int]], dests: list[np.ndarray]) -> None:
         """Read each `(expert, slot)` of `loads` into row `slot` of every param's byte view."""
@@ -68,9 +88,12 @@ class ExpertStore:
                 remaining[0] -= 1
                 if remaining[0]:
                     return
-                self.stats.bytes_read += bank.expert_bytes * len(loads)
-                self.stats.read_seconds += time.perf_counter() - start
-                self.stats.experts_read += len(loads)
+                if not errors:  # each batch is charged to its own bank, when it has landed
+                    seconds = time.perf_counter() - start
+                    for stats in (self.stats, self._banks[bank.index]):
+                        stats.bytes_read += bank.expert_bytes * len(loads)
+                        stats.read_seconds += seconds
+                        stats.experts_read += len(loads)
             if errors:
                 done.set_exception(errors[0])
             else:
@@ -81,6 +104,14 @@ class ExpertStore:
                 finished
             )
         return done
+
+    def stats_of(self, bank: int) -> StoreStats:
+        return self._banks[bank]
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.stats = StoreStats()
+            self._banks = {index: StoreStats() for index in self._banks}
 
     def _read_expert(self, bank: BankMap, expert: int, slot: int, dests: list[np.ndarray]) -> None:
         if bank.contiguous:
@@ -110,38 +141,3 @@ class ExpertStore:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-
-
-def slot_tensor(
-    capacity: int, shape: tuple[int, ...], dtype: mx.Dtype, *, direct: bool = True
-) -> tuple[mx.array, np.ndarray]:
-    """A zeroed `[capacity, *shape]` array and a writable `[capacity, nbytes]` host byte buffer.
-
-    With `direct` (unified memory: CPU, Metal) the buffer is a view of the array's own memory, so
-    experts are read straight into what MLX computes on. Otherwise (CUDA) it is a host staging
-    mirror whose rows `upload` copies to the device in one batch.
-    """
-    array = mx.zeros((capacity, *shape), dtype=dtype)
-    mx.eval(array)
-    if not direct:
-        nbytes = array.nbytes // capacity
-        return array, np.zeros((capacity, nbytes), dtype=np.uint8)
-    # numpy has no bfloat16: look at those bits as uint16 (a view of the same buffer).
-    viewed = array.view(mx.uint16) if dtype == mx.bfloat16 else array
-    mx.eval(viewed)
-    host = np.array(viewed, copy=False).reshape(capacity, -1).view(np.uint8)
-    # The view must alias MLX's buffer; a copy would silently compute on zeros.
-    host[0, :1] = 1
-    aliased = bool(array.reshape(capacity, -1).view(mx.uint8)[0, 0].item() == 1)
-    host[0, :1] = 0
-    if not aliased:
-        raise RuntimeError("this MLX backend does not expose array memory to the host for writing")
-    return array, host
-
-
-def upload(array: mx.array, host: np.ndarray, slots: list[int]) -> mx.array:
-    """`array` with rows `slots` replaced by the host mirror's bytes, as one batched copy."""
-    index = np.asarray(slots, dtype=np.int64)
-    rows = mx.array(host[index]).view(array.dtype).reshape(len(slots), *array.shape[1:])
-    array[mx.array(index)] = rows
-    return array

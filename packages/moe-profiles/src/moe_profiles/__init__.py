@@ -1,6 +1,6 @@
 """moe-profiles: routing traces, expert profiles, pinning, per-layer budgets, a policy simulator.
 
-Pure data and analysis: record a trace with `TraceRecorder` (a `handle.set_trace` hook), replay it
+Pure data and analysis: record a trace with `TraceRecorder` (observing an offload handle), replay it
 with `simulate` (through `moe_core.ExpertCache`) against `belady`'s optimum, and distil it into a
 `Profile` (counts, pinned set, per-layer budgets) that a session starts from.
 """

@@ -234,7 +234,7 @@ class Trace:
 
 @dataclass(slots=True)
 class TraceRecorder:
-    """A trace hook for `handle.set_trace(recorder)`: accumulates every step of every layer.
+    """An observer for `handle.observe(recorder)`: accumulates every step of every layer.
 
     Call `segment(name)` before each prompt to mark where it starts; `trace()` returns the result.
     """
@@ -250,16 +250,12 @@ class TraceRecorder:
 
     @classmethod
     def attach(cls, handle, *, fingerprint: str = "", top_k: int | None = None) -> TraceRecorder:
-        """A recorder sized for an `moe_core.OffloadHandle`, installed as its trace hook."""
-        recorder = cls(list(handle.num_experts), top_k, fingerprint)
-        handle.set_trace(recorder)
-        return recorder
+        """A recorder sized for an `moe_core.OffloadHandle`, observing it."""
+        return handle.observe(cls(list(handle.num_experts), top_k, fingerprint))
 
-    def __call__(self, layer: int, ids: np.ndarray) -> None:
+    def on_step(self, layer: int, ids: np.ndarray) -> None:
         if not 0 <= layer < len(self._steps):
-            raise TraceError(
-                f"trace hook called for MoE layer {layer}, recorder has {len(self._steps)}"
-            )
+            raise TraceError(f"trace recorder told of MoE layer {layer}, it has {len(self._steps)}")
         self._steps[layer].append(np.array(ids, copy=True).reshape(-1, ids.shape[-1]))
 
     def segment(self, name: str) -> None:

@@ -98,7 +98,8 @@ class Session:
         self._warm_path = None
         self._warm_key = None
         self._usage: UsageCounter | None = None
-        self._warm = {"enabled": warm_start, "restored": False, "prefetched": 0}
+        # What this start took from saved state, so results that depend on it can be traced.
+        self._warm = {"enabled": warm_start, "path": None, "restored": False, "prefetched": 0}
         if warm_start:
             digest = None
             if profile is not None:
@@ -107,6 +108,7 @@ class Session:
                 digest = profile_digest(profile)
             self._warm_key = make_key(self.fingerprint, self.handle.capacity, digest)
             self._warm_path = state_path(Path(cache_dir or default_cache_dir()), self._warm_key)
+            self._warm["path"] = str(self._warm_path)
         self._start_experts()
         self.handle.reset_stats()
         self._cache = PromptCache(self.model, enabled=prefix_cache)
@@ -140,10 +142,10 @@ class Session:
         if self._warm_path is None:
             return
         state = load_state(self._warm_path, self._warm_key, self.handle.num_experts)
-        # Count what this session's requests choose (the warm-up above is not counted). A trace
-        # hook set later by the caller (moe_profiles.TraceRecorder) replaces this one.
+        # Count what this session's requests choose (the warm-up above is not counted), beside
+        # any other observer (moe_profiles.TraceRecorder).
         self._usage = UsageCounter(self.handle.num_experts, state.counts if state else None)
-        self.handle.set_trace(self._usage)
+        self.handle.observe(self._usage)
         if state is not None:
             layers = warm_set(state, self.handle.capacity, self.handle.pinned())
             self._warm["prefetched"] += prefetch_all(self.handle, layers)
@@ -338,7 +340,7 @@ class Session:
         """Write expert use counts and the resident set for the next start (also `close`)."""
         if self._warm_path is None:
             return None
-        self.handle.flush_trace()
+        self.handle.flush_counts()
         summary = {k: v for k, v in self.handle.stats().items() if k not in ("layers", "budget")}
         assert self._usage is not None
         save_state(

@@ -61,21 +61,15 @@ class WarmState:
 
 
 class UsageCounter:
-    """A trace hook (`handle.set_trace`) counting how often each expert of each layer is chosen.
+    """An observer (`handle.observe`) counting how often each expert of each layer is chosen.
     It only counts, so layers holding all their experts count on the device, without a sync."""
-
-    counts_only = True
 
     def __init__(self, num_experts: list[int], start: list[list[int]] | None = None) -> None:
         self.counts = [np.zeros(n, dtype=np.int64) for n in num_experts]
         for counts, old in zip(self.counts, start or [], strict=False):
             counts += np.asarray(old, dtype=np.int64) // 2  # older use weighs half
 
-    def __call__(self, layer: int, ids: np.ndarray) -> None:
-        counts = self.counts[layer]
-        counts += np.bincount(ids.ravel(), minlength=counts.size)[: counts.size]
-
-    def add_counts(self, layer: int, counts: np.ndarray) -> None:
+    def on_counts(self, layer: int, counts: np.ndarray) -> None:
         self.counts[layer] += counts[: self.counts[layer].size]
 
     def as_lists(self) -> list[list[int]]:

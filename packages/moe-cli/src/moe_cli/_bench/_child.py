@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -84,12 +85,12 @@ def attach_trace(handle):
     recorder = TraceRecorder(list(handle.num_experts))
     steps: list[tuple[int, int, int, int]] = []
 
-    def hook(layer, ids):
-        recorder(layer, ids)
+    def on_step(layer, ids):
+        recorder.on_step(layer, ids)
         misses = handle.layers[layer].cache.stats.misses
         steps.append((layer, ids.shape[0], int(np.unique(ids).size), misses))
 
-    handle.set_trace(hook)
+    handle.observe(SimpleNamespace(on_step=on_step))
     return recorder, steps
 
 

@@ -1,0 +1,192 @@
+"""Miss modes: what a layer does with the experts a step picked that are not resident.
+
+`Exact` (the default) reads them before computing and calls the original bank on the slots, the
+same kernel with the same arguments, so outputs are identical to the unmodified model's; when one
+step needs more experts than there are slots (prefill at low capacity) it runs the bank in waves,
+each touched expert read once. `Skip` is lossy: it computes the resident experts only,
+renormalising as the model's own gate would, and reads the missing ones in the background for
+later steps. A new mode is a new class with `forward`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+if TYPE_CHECKING:
+    from ._bank import Layer
+
+MISS_MODES = ("exact", "skip")
+
+# Families whose router normalises the chosen experts' weights without a `norm_topk_prob` flag
+# (a softmax over the top-k logits).
+_NORMALISED_FAMILIES = ("mixtral", "gpt_oss", "granitemoe", "phimoe", "minimax")
+
+
+class MissMode(Protocol):
+    name: str  # as `offload(miss=...)` takes it
+    lossy: bool
+
+    def forward(
+        self, bank: nn.Module, layer: Layer, x: mx.array, indices: mx.array, ids: np.ndarray
+    ) -> mx.array:
+        """The bank's output for `x` on the router's `indices` (`ids`: the same, on the host)."""
+        ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def reset_stats(self) -> None: ...
+
+
+class Exact:
+    """Every selected expert is resident before its matmul."""
+
+    name = "exact"
+    lossy = False
+    __slots__ = ()
+
+    def forward(self, bank, layer, x, indices, ids) -> mx.array:
+        needed = np.unique(ids).astype(np.int64)
+        reads = layer.reads
+        reads.wait()
+        waves = layer.cache.step(needed)
+        wave = next(waves)
+        reads.load(wave.loads)
+        if wave.experts.size == needed.size:
+            out = bank(x, mx.array(layer.cache.slot_of[ids].astype(np.uint32)))
+            reads.after_step(x, needed.size)
+            return out
+        return self._in_waves(bank, layer, x, ids, wave, waves)
+
+    def _in_waves(self, bank, layer, x, ids, wave, waves) -> mx.array:
+        """Run the bank over (token, choice) pairs wave by wave, then put rows back in order."""
+        reads, staged = layer.reads, layer.slots.staged is not None
+        *lead, k = ids.shape
+        flat_x = x.reshape(-1, x.shape[-1])  # [N, D]
+        flat_ids = ids.reshape(-1, k)  # [N, k]
+        outputs, order = [], []
+        while True:
+            token, choice = np.nonzero(np.isin(flat_ids, wave.experts))
+            slots = layer.cache.slot_of[flat_ids[token, choice]].astype(np.uint32)
+            out = bank(flat_x[mx.array(token)], mx.array(slots[:, None]))  # [n, 1, D]
+            wave = next(waves, None)
+            if wave is not None and staged:
+                # Staged (CUDA): this wave's experts are on the device already, so the next
+                # wave's reads into the host buffers overlap its compute.
+                reads.read_ahead(wave.loads)
+            # The next wave overwrites these slots: finish this one first.
+            mx.eval(out)
+            outputs.append(out[:, 0])
+            order.append(token * k + choice)
+            if wave is None:
+                break
+            if staged:
+                reads.wait()
+            else:
+                reads.load(wave.loads)
+        rows = mx.concatenate(outputs)[mx.array(np.argsort(np.concatenate(order)))]
+        return rows.reshape(*lead, k, rows.shape[-1])
+
+    def stats(self) -> dict[str, int]:
+        return {"skipped": 0}
+
+    def reset_stats(self) -> None:
+        pass
+
+
+class Skip:
+    """Lossy: drop the experts that are not resident, renormalising as the router would, and
+    read them in the background so later steps have them."""
+
+    name = "skip"
+    lossy = True
+    __slots__ = ("router", "skipped")
+
+    def __init__(self, router: RouterTap) -> None:
+        self.router = router
+        self.skipped = 0  # expert choices left out
+
+    def forward(self, bank, layer, x, indices, ids) -> mx.array:
+        reads, cache = layer.reads, layer.cache
+        reads.wait()  # the experts this layer's previous step started reading
+        slot = cache.lookup(ids)
+        resident = slot >= 0
+        missing = np.unique(ids[~resident])
+        self.skipped += int((~resident).sum())
+        if missing.size:
+            # Fill the cache for later steps, never into a slot this step computes with.
+            reads.read_ahead(cache.prefetch(missing, keep=np.unique(ids[resident])))
+        if not resident.any():
+            return mx.zeros((*ids.shape, x.shape[-1]), dtype=x.dtype)
+        slot = np.where(resident, slot, slot[resident].flat[0]).astype(np.uint32)
+        out = bank(x, mx.array(slot))
+        keep = mx.array(resident)
+        if self.router.normalised:
+            w = self.router.weights(indices)
+            kept = mx.where(keep, w, 0.0)
+            scale = w.sum(axis=-1, keepdims=True) / mx.maximum(
+                kept.sum(axis=-1, keepdims=True), 1e-20
+            )
+            factor = mx.where(keep, scale, 0.0)
+        else:
+            factor = keep.astype(mx.float32)
+        return out * factor[..., None].astype(out.dtype)
+
+    def stats(self) -> dict[str, int]:
+        return {"skipped": self.skipped}
+
+    def reset_stats(self) -> None:
+        self.skipped = 0
+
+
+def make_miss(name: str, block: nn.Module) -> MissMode:
+    """The miss mode `name` for the MoE block `block` (whose bank it serves)."""
+    if name == "exact":
+        return Exact()
+    if name == "skip":
+        return Skip(tap_router(block))
+    raise ValueError(f"unknown miss mode {name!r}; choose one of {', '.join(MISS_MODES)}")
+
+
+class RouterTap(nn.Module):
+    """Wraps a MoE block's router to keep its last output, for the lossy `skip` mode's weights."""
+
+    def __init__(self, router: nn.Module, *, normalised: bool) -> None:
+        super().__init__()
+        self.router = router
+        self.normalised = normalised
+        self.last = None
+
+    def __call__(self, x):
+        self.last = self.router(x)
+        return self.last
+
+    def weights(self, indices: mx.array) -> mx.array:
+        """Unnormalised weight of each chosen expert, `[..., k]`."""
+        out = self.last
+        if isinstance(out, tuple):  # MoEGate-style routers return (indices, scores)
+            return out[1].astype(mx.float32)
+        logits = mx.take_along_axis(out.astype(mx.float32), indices.astype(mx.int32), axis=-1)
+        return mx.exp(logits - logits.max(axis=-1, keepdims=True))
+
+
+def tap_router(block: nn.Module) -> RouterTap:
+    """Put a RouterTap on the block's router (`gate` or `router`)."""
+    for name in ("gate", "router"):
+        router = getattr(block, name, None)
+        if isinstance(router, nn.Module):
+            break
+    else:
+        raise ValueError(f"{type(block).__name__}: no `gate` or `router` to take weights from")
+    if hasattr(block, "norm_topk_prob"):
+        normalised = bool(block.norm_topk_prob)
+    elif hasattr(router, "norm_topk_prob"):
+        normalised = bool(router.norm_topk_prob)
+    else:
+        normalised = type(block).__module__.rsplit(".", 1)[-1] in _NORMALISED_FAMILIES
+    tap = RouterTap(router, normalised=normalised)
+    setattr(block, name, tap)
+    return tap

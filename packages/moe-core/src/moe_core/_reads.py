@@ -1,0 +1,155 @@
+"""Reads of one MoE layer's experts into its slot memory: those a step waits for, those started
+ahead of need (the previous layer's prediction, the background completion of a layer whose slots
+can hold every expert), and which are still in flight.
+
+Which expert goes into which slot is the cache's decision; the bytes come from an
+`ExpertSource` (the checkpoint or its pack). A read that fails frees the slots it was filling,
+so nothing stays marked resident without its bytes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ._cache import ExpertCache
+from ._checkpoint import BankMap
+from ._observers import Observers
+from ._slots import SlotMemory
+from ._store import ExpertSource
+
+
+class Reader:
+    """Owns one layer's reads in flight and its prediction of the next layer's experts."""
+
+    __slots__ = (
+        "ahead",
+        "cache",
+        "map",
+        "observers",
+        "pending",
+        "pending_loads",
+        "slots",
+        "source",
+    )
+
+    def __init__(
+        self,
+        bank_map: BankMap,
+        cache: ExpertCache,
+        slots: SlotMemory,
+        source: ExpertSource,
+        observers: Observers,
+    ) -> None:
+        self.map = bank_map
+        self.cache = cache
+        self.slots = slots
+        self.source = source
+        self.observers = observers
+        self.pending: Future[None] | None = None  # reads started ahead of this layer's step
+        self.pending_loads: list[tuple[int, int]] = []  # what `pending` reads
+        self.ahead: Lookahead | None = None  # predicts the next MoE layer's experts
+
+    def wait(self) -> None:
+        """Let reads started ahead land (and, staged, upload them) before computing."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            loads, self.pending_loads = self.pending_loads, []
+            try:
+                pending.result()
+            except BaseException:
+                self._failed(loads)
+                raise
+        self.slots.upload()
+
+    def load(self, loads: list[tuple[int, int]]) -> None:
+        """Read planned `(expert, slot)` loads now; the step needs them."""
+        if not loads:
+            return
+        self.observers.read(self.map.index, loads)
+        try:
+            self.source.submit(self.map, loads, self.slots.views).result()
+        except BaseException:
+            self._failed(loads)
+            raise
+        self.slots.filled(slot for _, slot in loads)
+        self.slots.upload()
+
+    def read_ahead(self, loads: list[tuple[int, int]]) -> None:
+        """Start reading planned loads in the background; `wait` joins them (and uploads)."""
+        if loads:
+            self.observers.read(self.map.index, loads)
+            self.pending = self.source.submit(self.map, loads, self.slots.views)
+            self.pending_loads = loads
+            self.slots.filled(slot for _, slot in loads)
+
+    def prefetch(self, experts: np.ndarray) -> None:
+        """Start reading `experts` in the background, admitted by the cache's policy."""
+        self.wait()
+        self.read_ahead(self.cache.prefetch(experts))
+
+    def after_step(self, x: mx.array, needed: int) -> None:
+        """A step that needed `needed` experts has been planned: predict the next layer's
+        experts from this layer's input, and fill a layer whose slots can hold all of its."""
+        ahead = self.ahead
+        # Decode-sized steps only: a prefill chunk touches most experts anyway.
+        if ahead is not None and needed * 2 <= ahead.next.cache.capacity:
+            ahead.start(x)
+        self.complete()
+
+    def complete(self) -> None:
+        """Once the cache can hold every expert, read the ones not seen yet (in the background)
+        and, when all are in, switch to the device-side slot table."""
+        cache = self.cache
+        if self.slots.table is not None or cache.capacity < cache.num_experts:
+            return
+        absent = np.flatnonzero(cache.slot_of < 0)
+        if absent.size == 0:
+            self.wait()
+            self.slots.resolve_on_device(cache.slot_of)
+        elif self.pending is None:
+            self.prefetch(absent)
+
+    def _failed(self, loads: list[tuple[int, int]]) -> None:
+        """A read failed: free every slot the batch was filling (which of its reads failed is
+        not known), so the next step reads them again."""
+        self.cache.forget(np.array([expert for expert, _ in loads], dtype=np.int64))
+        self.slots.discard(slot for _, slot in loads)
+
+
+class Lookahead:
+    """The next MoE layer's router, applied to this layer's input, names most of the experts the
+    next layer will pick, so their reads overlap this layer's compute."""
+
+    __slots__ = ("next", "predicted", "router", "seen_misses", "skipped", "top_k")
+
+    def __init__(self, next_layer: Reader, router: nn.Module, top_k: int) -> None:
+        self.next = next_layer
+        self.router = router
+        self.top_k = top_k
+        self.predicted = 0  # experts predicted
+        self.skipped = 0  # steps not predicted
+        self.seen_misses = 0  # the next layer's misses when it was last predicted
+
+    def start(self, x: mx.array) -> None:
+        nxt = self.next
+        if nxt.slots.table is not None:  # every expert of the next layer is resident
+            return
+        # Predicting costs a host sync; when the next layer has been hitting, it only slows decode.
+        misses = nxt.cache.stats.misses
+        if misses == self.seen_misses:
+            self.skipped += 1
+            if self.skipped % 8:
+                return
+        self.seen_misses = misses
+        scores = self.router(x)
+        if isinstance(scores, tuple):  # MoEGate-style routers return (indices, scores)
+            picks = scores[0]
+        else:
+            picks = mx.argpartition(scores, kth=-self.top_k, axis=-1)[..., -self.top_k :]
+        experts = np.unique(np.array(picks)).astype(np.int64)
+        self.predicted += int(experts.size)
+        nxt.prefetch(experts)
