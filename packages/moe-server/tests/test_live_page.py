@@ -108,7 +108,7 @@ def test_hello_describes_the_session(server, provider):
         assert set(np.flatnonzero(grid[layer] & RESIDENT)) == resident
         assert set(np.flatnonzero(grid[layer] == PINNED)) == pinned
     parts = {p["name"]: p["bytes"] for p in hello["budget"]["parts"]}
-    budget = handle.budget
+    budget = handle.plan
     assert parts["expert slots"] == sum(
         c * b for c, b in zip(budget.capacity, budget.expert_bytes, strict=True)
     )

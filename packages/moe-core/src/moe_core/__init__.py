@@ -1,21 +1,32 @@
 """moe-core: run Mixture-of-Experts models larger than memory on MLX.
 
-`offload(model, model_path, ...)` swaps every expert bank of a lazily loaded mlx-lm model for one
-that keeps only some experts resident and reads the rest from the checkpoint when the router picks
-them. By default the output is identical to the unmodified model's.
+`offload(model, path)` swaps every expert bank of a lazily loaded mlx-lm model for one that keeps
+only some experts resident and reads the rest from the checkpoint when the router picks them. By
+default the output is identical to the unmodified model's.
+
+The public surface is what an embedding stack needs:
+- the plan: `describe` (a model's `Geometry`, headers read once), `plan_budget` (a `Plan`: slots
+  per layer and why), `fingerprint`, `parse_size` (sizes are bytes or text such as "16GB"), the
+  memory backends (`detect_backend`, `Backend` and its CPU, Metal and CUDA kinds);
+- `offload` and the `OffloadHandle` it returns (stats, resident sets, pins, observers), the
+  choices it takes (`MISS_MODES`, `POLICIES`) and the `ExpertCache` its layers (and the profile
+  simulator) run;
+- `pack` and `PACK_NAME`, the packed expert layout;
+- the errors, all `MoEError`s.
+Everything else is private (`_name.py`).
 """
 
 from ._backend import Backend, CPUBackend, CUDABackend, MetalBackend, detect_backend
-from ._cache import CacheStats, ExpertCache, Wave
+from ._cache import ExpertCache
 from ._checkpoint import fingerprint
 from ._errors import BudgetError, CheckpointError, MoEError, UnsupportedModelError
 from ._geometry import Geometry, describe
 from ._handle import OffloadHandle
 from ._miss import MISS_MODES
 from ._offload import offload
-from ._pack import PACK_NAME, open_pack, pack
+from ._pack import PACK_NAME, pack
 from ._plan import Plan, plan_budget
-from ._policy import POLICIES, Policy, make_policy
+from ._policy import POLICIES
 from ._size import parse_size
 
 __all__ = [
@@ -26,7 +37,6 @@ __all__ = [
     "BudgetError",
     "CPUBackend",
     "CUDABackend",
-    "CacheStats",
     "CheckpointError",
     "ExpertCache",
     "Geometry",
@@ -34,15 +44,11 @@ __all__ = [
     "MoEError",
     "OffloadHandle",
     "Plan",
-    "Policy",
     "UnsupportedModelError",
-    "Wave",
     "describe",
     "detect_backend",
     "fingerprint",
-    "make_policy",
     "offload",
-    "open_pack",
     "pack",
     "parse_size",
     "plan_budget",

@@ -9,8 +9,9 @@ experts so the next start is warm. Generation runs through mlx-lm's own loop and
 
 from ._demo import demo_model_path
 from ._kv import KVPlan, plan_kv
+from ._oneshot import generate, stream_generate
 from ._resolve import ModelNotFoundError, resolve_model
-from ._session import Session, generate, stream_generate
+from ._session import Session
 from ._stops import StopText
 from ._warm import WarmStartWarning, default_cache_dir
 

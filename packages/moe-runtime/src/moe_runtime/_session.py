@@ -1,5 +1,5 @@
 """`Session`: a Mixture-of-Experts model loaded once, with its experts offloaded, generating
-through mlx-lm's own loop; plus the one-shot `generate` and `stream_generate`."""
+through mlx-lm's own loop."""
 
 from __future__ import annotations
 
@@ -384,34 +384,3 @@ def _with_history(processors, history: list[int]):
     return [
         lambda tokens, logits, p=p: p(mx.concatenate([prefix, tokens]), logits) for p in processors
     ]
-
-
-_SESSION_ARGS = (
-    "memory", "capacity", "profile", "policy", "miss", "kv_bits", "cache_dir", "max_context",
-    "prefix_cache", "warm_start", "backend",
-)  # fmt: skip
-
-
-def _split(kwargs: dict) -> tuple[dict, dict]:
-    session = {k: v for k, v in kwargs.items() if k in _SESSION_ARGS}
-    return session, {k: v for k, v in kwargs.items() if k not in _SESSION_ARGS}
-
-
-def generate(model: str | Path | Session | None, prompt: Prompt, **kwargs) -> str:
-    """One-shot: load `model` (or use a `Session`), generate, close. Takes the arguments of
-    `Session` and of `Session.stream`."""
-    return "".join(r.text for r in stream_generate(model, prompt, **kwargs))
-
-
-def stream_generate(
-    model: str | Path | Session | None, prompt: Prompt, **kwargs
-) -> Iterator[GenerationResponse]:
-    """One-shot streaming: like `generate`, yielding mlx-lm `GenerationResponse`s."""
-    session_kwargs, stream_kwargs = _split(kwargs)
-    if isinstance(model, Session):
-        if session_kwargs:
-            raise ValueError(f"{', '.join(session_kwargs)}: the session is already loaded")
-        yield from model.stream(prompt, **stream_kwargs)
-        return
-    with Session(model, **session_kwargs) as session:
-        yield from session.stream(prompt, **stream_kwargs)
