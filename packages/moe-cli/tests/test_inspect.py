@@ -47,7 +47,7 @@ def test_capacity_from_memory_is_what_offload_chooses(run, checkpoint):
     base = moe_core.plan_budget(geometry, capacity=1)
     fixed = base.base_bytes + base.dense_bytes + base.scratch_bytes
     memory = fixed + 3 * sum(geometry.expert_bytes) + 200 * 2**20
-    report = inspect_json(run, checkpoint, "--memory", str(memory), "--disk-mbps", "100")
+    report = inspect_json(run, checkpoint, "--memory", f"{memory}B", "--disk-mbps", "100")
     model, _ = load_model(checkpoint, lazy=True)
     handle = moe_core.offload(model, checkpoint, memory=memory)
     assert report["fit"]["fits"]

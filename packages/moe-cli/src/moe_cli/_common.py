@@ -13,21 +13,20 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: a line piped to a file or a pager is one line, not cut at 80 columns.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
+MODEL_HELP = "Model directory or Hugging Face name; `demo` or none: the shipped demo model."
 ModelArg = Annotated[
     str | None,
-    typer.Argument(
-        metavar="[MODEL]",
-        help="Model directory or Hugging Face name; the shipped demo model when left out.",
-        show_default=False,
-    ),
+    typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False),
 ]
 MemoryOpt = Annotated[
     str | None,
     typer.Option(
         "--memory",
-        help="Memory the whole process may use, e.g. 12GB or 512MiB (default: what is available).",
+        help="Memory the whole process may use, with a unit: 12GB or 512MiB "
+        "(default: what is available).",
         show_default=False,
     ),
 ]
@@ -94,12 +93,36 @@ def _describe(e: Exception) -> str:
 
 
 def parse_memory(memory: str | None) -> int | None:
-    """`--memory` in bytes; a bad value is a ValueError that `user_errors` turns into one line."""
+    """`--memory` in bytes; a bad value is a ValueError that `user_errors` turns into one line.
+    A bare number is refused: `--memory 12` meant 12 GB far more often than 12 bytes."""
     if memory is None:
         return None
+    if memory.strip().replace(".", "", 1).isdigit():
+        raise ValueError(
+            f"--memory {memory}: give a unit, e.g. {memory.strip()}GB or {memory.strip()}MiB"
+        )
     from moe_core import parse_size
 
     return parse_size(memory)
+
+
+@contextlib.contextmanager
+def spinner(text: str) -> Iterator[None]:
+    """A spinner on a terminal; nothing when stderr is piped (rich would leave a blank line)."""
+    if not err_console.is_terminal:
+        yield
+        return
+    with err_console.status(text):
+        yield
+
+
+def progress_bar(*columns):
+    """A transient `rich.progress.Progress` on stderr, disabled when stderr is not a terminal."""
+    from rich.progress import Progress
+
+    return Progress(
+        *columns, console=err_console, transient=True, disable=not err_console.is_terminal
+    )
 
 
 def open_session(model: str | None, *, memory: str | None = None, **options: Any):
@@ -111,18 +134,25 @@ def open_session(model: str | None, *, memory: str | None = None, **options: Any
     name = model or "the demo model"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with err_console.status(f"Loading {name}..."):
+        with spinner(f"Loading {name}..."):
             session = Session(model, memory=memory_bytes, **options)
     for warning in caught:  # one line each, not Python's two-line warning format
         err_console.print(f"[yellow]warning:[/] {warning.message}", markup=True, soft_wrap=True)
     return session
 
 
+_UNITS = (("GB", 1e9), ("MB", 1e6), ("KB", 1e3))
+
+
 def human_bytes(n: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
+    return same_unit(n)[0]
+
+
+def same_unit(*values: float) -> list[str]:
+    """Byte counts shown together, all in the unit of the largest: one line never mixes units."""
+    top = max(values)
+    unit, size = next(((u, s) for u, s in _UNITS if top >= s), ("B", 1))
+    return [f"{v / size:.2f} {unit}" if size > 1 else f"{int(v)} B" for v in values]
 
 
 def describe_capacity(capacity: list[int] | tuple[int, ...], experts: list[int]) -> str:

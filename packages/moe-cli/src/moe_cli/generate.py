@@ -6,6 +6,7 @@ the first is the model. `-` as the prompt reads it from stdin."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +19,7 @@ from ._common import (
     PolicyOpt,
     ProfileOpt,
     err_console,
+    fail,
     human_bytes,
     open_session,
     user_errors,
@@ -26,14 +28,14 @@ from ._common import (
 
 def generate(
     first: Annotated[
-        str,
+        str | None,
         typer.Argument(
             metavar="[MODEL]",
             help="Model directory or Hugging Face name, before the prompt; the shipped demo model "
             "when only a prompt is given.",
             show_default=False,
         ),
-    ],
+    ] = None,
     second: Annotated[
         str | None,
         typer.Argument(
@@ -49,7 +51,7 @@ def generate(
         typer.Option(
             "--chat/--raw",
             help="Wrap the prompt in the chat template, or send it as raw text "
-            "[default: chat when the model has a template]",
+            "(default: chat when the model has a template).",
             show_default=False,
         ),
     ] = None,
@@ -67,7 +69,11 @@ def generate(
 
     `moe generate PROMPT` uses the shipped demo model; `moe generate MODEL PROMPT` the given one.
     """
+    if first is None:
+        fail("no prompt: moe generate PROMPT, or moe generate MODEL PROMPT ('-' reads stdin)", 2)
     model, prompt = (None, first) if second is None else (first, second)
+    if second is None and _names_a_model(first):
+        fail(f"no prompt after the model {first}: moe generate MODEL PROMPT ('-' reads stdin)", 2)
     if prompt == "-":
         prompt = sys.stdin.read()
     with user_errors():
@@ -92,6 +98,12 @@ def generate(
             sys.stdout.write("\n")
             if verbose and last is not None:
                 print_stats(last, session.stats())
+
+
+def _names_a_model(text: str) -> bool:
+    """A lone argument that is a model directory (or `demo`) is a model whose prompt was left
+    out, not a prompt: running the demo model on a path helps nobody."""
+    return text == "demo" or (Path(text).expanduser() / "config.json").is_file()
 
 
 def print_stats(last, stats: dict) -> None:

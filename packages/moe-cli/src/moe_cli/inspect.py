@@ -15,10 +15,11 @@ import typer
 from ._common import (
     CapacityOpt,
     MemoryOpt,
+    ModelArg,
     describe_capacity,
     err_console,
-    fail,
     human_bytes,
+    same_unit,
     user_errors,
 )
 
@@ -33,7 +34,7 @@ _SHARED_KEYS = ("n_shared_experts", "num_shared_experts", "shared_expert_interme
 
 
 def inspect(
-    model: Annotated[str, typer.Argument(help="Model directory.", show_default=False)],
+    model: ModelArg = None,
     memory: MemoryOpt = None,
     capacity: CapacityOpt = None,
     profile: Annotated[
@@ -41,7 +42,7 @@ def inspect(
         typer.Option(
             "--profile",
             help="Profile (from `moe profile`) to predict the hit rate with "
-            "[default: the shipped one for this checkpoint, if any].",
+            "(default: the shipped one for this checkpoint, if any).",
             show_default=False,
         ),
     ] = None,
@@ -68,7 +69,7 @@ def inspect(
 
 
 def build_report(
-    model: str,
+    model: str | None,
     *,
     memory: str | None,
     capacity: int | None = None,
@@ -78,16 +79,12 @@ def build_report(
     from ._common import parse_memory
 
     memory_bytes = parse_memory(memory)
-    path = Path(model)
-    if not (path / "config.json").is_file():
-        fail(f"no model at {model}: expected a directory with config.json")
-
-    from mlx_lm.utils import load_model
 
     import moe_core
+    from moe_runtime import load_checked, resolve_model
 
-    config = json.loads((path / "config.json").read_text())
-    lazy_model, _ = load_model(path, lazy=True)
+    _, path = resolve_model(model)
+    lazy_model, _, config = load_checked(path, tokenizer=False)
     geometry = moe_core.describe(lazy_model, path)
     fingerprint = geometry.fingerprint
 
@@ -239,10 +236,8 @@ def print_report(r: dict) -> None:
         f", {r['shared_experts']} shared"
     )
     out(f"per expert   {_bytes(r['bytes_per_expert'])}")
-    out(
-        f"weights      {human_bytes(r['total_bytes'])} in all: {human_bytes(r['expert_bytes'])} "
-        f"experts, {human_bytes(r['non_expert_bytes'])} non-expert"
-    )
+    total, experts, dense = same_unit(r["total_bytes"], r["expert_bytes"], r["non_expert_bytes"])
+    out(f"weights      {total} in all: {experts} experts, {dense} non-expert")
     fit = r["fit"]
     if not fit["fits"]:
         out(f"fits         no: {fit['reason']}")

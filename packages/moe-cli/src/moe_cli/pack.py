@@ -8,40 +8,35 @@ from typing import Annotated
 
 import typer
 
-from ._common import err_console, human_bytes, user_errors
+from ._common import ModelArg, err_console, human_bytes, progress_bar, user_errors
 
 
 def pack(
-    model: Annotated[
-        str, typer.Argument(help="Model directory or Hub repo id.", show_default=False)
-    ],
+    model: ModelArg = None,
     out: Annotated[
         Path | None,
         typer.Option(
             "--out",
             "-o",
-            help="Where to write it [default: experts.moepack in the model directory].",
+            help="Where to write it (default: experts.moepack in the model directory).",
             show_default=False,
         ),
     ] = None,
 ) -> None:
     """Write the packed expert layout beside the checkpoint."""
     with user_errors():
-        from mlx_lm.utils import load_model
-        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+        from rich.progress import BarColumn, DownloadColumn, TransferSpeedColumn
 
         import moe_core
-        from moe_runtime import resolve_model
+        from moe_runtime import load_checked, resolve_model
 
         _, path = resolve_model(model)
-        lazy, _ = load_model(path, lazy=True)
-        with Progress(
+        lazy, _, _ = load_checked(path, tokenizer=False)
+        with progress_bar(
             "[progress.description]{task.description}",
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
-            console=err_console,
-            transient=True,
         ) as progress:
             task = progress.add_task("packing experts", total=None)
 

@@ -13,29 +13,41 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from ._common import CapacityOpt, MemoryOpt, err_console, fail, open_session, user_errors
+from ._common import (
+    CapacityOpt,
+    MemoryOpt,
+    ModelArg,
+    err_console,
+    fail,
+    open_session,
+    progress_bar,
+    user_errors,
+)
 
 
 class _DefaultRecord(TyperGroup):
-    """`moe profile MODEL ...` means `moe profile record MODEL ...`; `simulate` is the other one."""
+    """`moe profile [MODEL] ...` means `moe profile record [MODEL] ...`; `simulate` is the other
+    one. Only the group's own `--help` stays with the group."""
 
-    def resolve_command(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["record", *args]
-        return super().resolve_command(ctx, args)
+        return super().parse_args(ctx, args)
 
 
 app = typer.Typer(
     cls=_DefaultRecord,
     no_args_is_help=True,
-    help="Record a model's expert routing into a profile, or replay a trace under cache policies.",
+    help="Record a model's expert routing into a profile: `moe profile [MODEL] --out p.json "
+    "--preset coding` (the same as `moe profile record ...`); or replay a recorded trace under "
+    "cache policies: `moe profile simulate TRACE`.",
 )
 
 
 @app.command("record")
 def record(
-    model: Annotated[str, typer.Argument(help="Model directory or Hugging Face name.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the profile (JSON).")],
+    model: ModelArg = None,
     prompts: Annotated[
         Path | None,
         typer.Option(
@@ -65,8 +77,6 @@ def record(
     if (prompts is None) == (preset is None):
         fail("give --prompts FILE or --preset NAME (one of them)", code=2)
     with user_errors():
-        from rich.progress import Progress
-
         from moe_profiles import Profile, TraceRecorder, load_preset_requests
 
         requests = (
@@ -79,7 +89,7 @@ def record(
         with session:
             fingerprint = session.fingerprint
             recorder = TraceRecorder.attach(session.handle, fingerprint=fingerprint)
-            with Progress(console=err_console, transient=True) as progress:
+            with progress_bar() as progress:
                 task = progress.add_task("Profiling", total=len(requests))
                 for i, (prompt, tools) in enumerate(requests):
                     recorder.segment(f"{preset or prompts.name}[{i}]")

@@ -47,7 +47,7 @@ def serve(
             "--max-tokens",
             min=1,
             show_default=False,
-            help="Tokens a request generates when it does not say how many [default: 512].",
+            help="Tokens a request generates when it does not say how many (default: 512).",
         ),
     ] = None,
     max_input_tokens: Annotated[
@@ -55,7 +55,7 @@ def serve(
         typer.Option(
             "--max-input-tokens",
             min=1,
-            help="Longest prompt accepted, in tokens [default: 32768].",
+            help="Longest prompt accepted, in tokens (default: 32768).",
             show_default=False,
         ),
     ] = None,

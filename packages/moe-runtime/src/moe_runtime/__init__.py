@@ -9,6 +9,7 @@ experts so the next start is warm. Generation runs through mlx-lm's own loop and
 
 from ._demo import demo_model_path
 from ._kv import KVPlan, plan_kv
+from ._load import ModelLoadError, load_checked
 from ._oneshot import generate, stream_generate
 from ._resolve import ModelNotFoundError, resolve_model
 from ._session import Session
@@ -17,6 +18,7 @@ from ._warm import WarmStartWarning, default_cache_dir
 
 __all__ = [
     "KVPlan",
+    "ModelLoadError",
     "ModelNotFoundError",
     "Session",
     "StopText",
@@ -24,6 +26,7 @@ __all__ = [
     "default_cache_dir",
     "demo_model_path",
     "generate",
+    "load_checked",
     "plan_kv",
     "resolve_model",
     "stream_generate",

@@ -18,9 +18,13 @@ class ModelNotFoundError(MoEError, FileNotFoundError):
     """The model is neither a local checkpoint directory nor reachable on the Hub."""
 
 
+DEMO = "demo"
+
+
 def resolve_model(model: str | Path | None) -> tuple[str, Path]:
-    """`(model_id, directory)` for a local directory, a Hub repo id, or None (the demo model)."""
-    if model is None:
+    """`(model_id, directory)` for a local directory, a Hub repo id, or the demo model (None or
+    `"demo"`, unless a directory of that name is here)."""
+    if model is None or (str(model) == DEMO and not Path(DEMO).is_dir()):
         path = demo_model_path()
         _check_dir(path, "the demo model")
         return "moe-demo", path

@@ -18,6 +18,7 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 import moe_core
 
 from ._kv import plan_context
+from ._load import load_checked
 from ._prefix import PromptCache
 from ._resolve import resolve_model
 from ._stops import StopText
@@ -62,9 +63,7 @@ class Session:
         backend: moe_core.Backend | None = None,
     ) -> None:
         self.model_id, self.model_path = resolve_model(model)
-        self.model, self.tokenizer, config = mlx_lm.load(
-            str(self.model_path), lazy=True, return_config=True
-        )
+        self.model, self.tokenizer, config = load_checked(self.model_path)
         # The checkpoint's headers are read once, here; the plan is made once and handed down.
         self.geometry = moe_core.describe(self.model, self.model_path)
         self.fingerprint = self.geometry.fingerprint
