@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ._backend import Backend, detect_backend
 from ._errors import BudgetError
 from ._geometry import Geometry
-from ._size import format_size, parse_size
+from ._size import format_sizes, parse_size
 
 # Tokens per prefill chunk the activation headroom is sized for (mlx-lm prefills in chunks).
 PREFILL_TOKENS = 512
@@ -103,17 +103,26 @@ def plan_budget(
     smallest = max(k or 1 for k in geometry.top_k)
     if slots < smallest:
         need = fixed + smallest * per_slot
+        budget, need, base, dense, extra, slot = format_sizes(
+            memory, need, base, geometry.dense_bytes, scratch + reserve, per_slot
+        )
         raise BudgetError(
-            f"memory budget {format_size(memory)} is too small: it needs at least "
-            f"{format_size(need)} ({format_size(base)} process, {format_size(geometry.dense_bytes)} "
-            f"non-expert weights, {format_size(scratch + reserve)} scratch and reserve, {smallest} "
-            f"experts per layer of {format_size(per_slot)} per slot across layers)"
+            f"memory budget {budget} is too small: it needs at least {need} ({base} process, "
+            f"{dense} non-expert weights, {extra} scratch and reserve, {smallest} experts per "
+            f"layer of {slot} per slot across layers)"
         )
     caps = tuple(int(min(slots, e)) for e in num_experts)
     source = "given" if given else f"available on {backend.name}"
+    most = max(num_experts)
+    room = (
+        f"every expert of every layer ({most if min(num_experts) == most else 'all'} per layer)"
+        if slots >= most
+        else f"{int(slots)} of {most} experts per layer"
+    )
+    budget, fixed = format_sizes(memory, fixed)
     reason = (
-        f"{format_size(memory)} {source}: {format_size(fixed)} for the process, non-expert "
-        f"weights, scratch and reserve leaves room for {int(slots)} slots per layer"
+        f"{budget} {source}: {fixed} for the process, non-expert weights, scratch and "
+        f"reserve leaves room for {room}"
     )
     return Plan(caps, reason, memory, **common)
 

@@ -22,5 +22,11 @@ def parse_size(text: str | int) -> int:
 
 
 def format_size(n: int | float) -> str:
-    """`1.23 GB` from a hundred megabytes up, `12.3 MB` below."""
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+    """`1.23 GB` from a gigabyte up, `12.3 MB` below."""
+    return format_sizes(n)[0]
+
+
+def format_sizes(*values: int | float) -> list[str]:
+    """Byte counts shown in one message, all in the unit of the largest, so no line mixes units."""
+    scale, unit, digits = (1e9, "GB", 2) if max(values) >= 1e9 else (1e6, "MB", 1)
+    return [f"{v / scale:.{digits}f} {unit}" for v in values]
