@@ -201,6 +201,13 @@ class Trace:
     @classmethod
     def load(cls, path: str | Path) -> Trace:
         path = Path(path)
+        if path.is_file() and not zipfile.is_zipfile(path):
+            # np.load would take any other file for a pickle and suggest allow_pickle.
+            if path.suffix == ".npz":
+                raise TraceError(f"{path}: corrupt trace file (not a zip archive)")
+            raise TraceError(
+                f"{path}: not a routing trace (the .npz that `moe profile --trace` writes)"
+            )
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data["meta"]).decode())
