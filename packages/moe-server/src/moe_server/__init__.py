@@ -1,7 +1,7 @@
 """moe-server: OpenAI- and Anthropic-compatible HTTP server over a moe Session.
 
     app = create_app(session)               # a Starlette app
-    serve(session, host="127.0.0.1", port=8000, api_key=None)
+    serve(session, host="127.0.0.1", port=8080, api_key=None)
 
 Endpoints: POST /v1/chat/completions, /v1/completions, /v1/responses, /v1/messages,
 /v1/messages/count_tokens; GET /v1/models, /v1/models/{id}, /v1/responses/{id}, /health, /metrics;

@@ -210,7 +210,7 @@ def serve(
     provider: Provider,
     *,
     host: str = "127.0.0.1",
-    port: int = 8000,
+    port: int = 8080,
     api_key: str | None = None,
     log_level: str = "info",
     **limits,
