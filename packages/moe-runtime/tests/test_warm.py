@@ -137,3 +137,21 @@ def test_closing_on_another_thread_saves_the_warm_state(checkpoint, tmp_path):
     counts = json.loads(next((tmp_path / "warm").glob("*.json")).read_text())["counts"]
     prompt = len(session.encode_prompt(MESSAGES))
     assert [sum(c) for c in counts] == [4 * (prompt + 8)] * 4
+
+
+def test_a_profiler_and_warm_start_count_side_by_side(checkpoint, tmp_path):
+    """A trace recorder attached to a session no longer displaces warm start's counter."""
+    import moe_profiles
+
+    path = checkpoint("qwen3_moe")
+    session, _ = start(path, tmp_path)
+    recorder = moe_profiles.TraceRecorder.attach(
+        session.handle, fingerprint=session.fingerprint, top_k=4
+    )
+    session.generate(MESSAGES, max_tokens=8)
+    session.close()
+    counts = json.loads(next((tmp_path / "warm").glob("*.json")).read_text())["counts"]
+    prompt = len(session.encode_prompt(MESSAGES))
+    assert [sum(c) for c in counts] == [4 * (prompt + 8)] * 4
+    trace = recorder.trace()
+    assert [int(c.sum()) for c in trace.counts()] == [4 * (prompt + 8)] * 4
