@@ -155,3 +155,23 @@ def test_a_profiler_and_warm_start_count_side_by_side(checkpoint, tmp_path):
     assert [sum(c) for c in counts] == [4 * (prompt + 8)] * 4
     trace = recorder.trace()
     assert [int(c.sum()) for c in trace.counts()] == [4 * (prompt + 8)] * 4
+
+
+def test_stats_say_where_the_warm_state_is_and_whether_it_was_used(checkpoint, tmp_path):
+    path = checkpoint("qwen3_moe")
+    first, _ = start(path, tmp_path)
+    warm = first.stats()["session"]["warm_start"]
+    first.close()
+    saved = next((tmp_path / "warm").glob("*.json"))
+    assert warm["path"] == str(saved) and not warm["restored"]
+    second, _ = start(path, tmp_path)
+    with second:
+        warm = second.stats()["session"]["warm_start"]
+        assert warm["path"] == str(saved) and warm["restored"]
+    with Session(path, capacity=6, cache_dir=tmp_path, warm_start=False) as off:
+        assert off.stats()["session"]["warm_start"] == {
+            "enabled": False,
+            "path": None,
+            "restored": False,
+            "prefetched": 0,
+        }
