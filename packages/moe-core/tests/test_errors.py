@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 import pytest
 from _models import greedy, identical, offloaded, prompt, reference, vocab_size
 from mlx_lm.models import llama
@@ -207,4 +208,27 @@ def test_skip_fills_its_cache_from_a_cold_start(moe_checkpoint):
     again = handle.stats()
     assert again["hits"] > 0 and again["skipped"] == again["misses"]
     assert again["miss"] == "skip" and again["lossy"]
+    handle.close()
+
+
+def test_a_failed_read_started_ahead_does_not_fail_a_later_step(copy):
+    """Reads started ahead of need (here: every expert, as a layer whose slots hold all of them
+    does in the background) that fail while the shard is cut short are undone; once the file
+    is whole again, the next pass is exact instead of failing on the stale read."""
+    path = copy("qwen3_moe", "stacked", "q4")
+    shard = path / expert_shard(path)
+    ref = reference(path)
+    tokens = prompt(vocab_size(ref), 12)
+    want, want_tokens = greedy(ref, tokens, 4)
+    model, handle = offloaded(path, capacity=10**6)
+    original = shard.read_bytes()
+    with open(shard, "r+b") as f:
+        f.truncate(len(original) // 2)
+    for layer in handle.layers:
+        layer.reads.prefetch(np.arange(layer.map.num_experts))
+        layer.reads.pending.exception()  # landed, and failed for some experts
+    with open(shard, "r+b") as f:
+        f.write(original)
+    got, got_tokens = greedy(model, tokens, 4)
+    assert got_tokens == want_tokens and identical(got, want)
     handle.close()

@@ -95,8 +95,8 @@ class OffloadHandle:
         keeps every layer on the host-synced path), `on_counts(layer, counts)` (how often each
         expert was chosen, in batches; layers holding all their experts count on the device and
         hand counts over every 64 steps and at `flush_counts`), `on_reads(layer, experts)` and
-        `on_evictions(layer, experts)`. They are called on the thread running the model and
-        should only add to counters."""
+        `on_evictions(layer, experts)`. They are called on the thread running the model (or
+        calling `pin`/`prefetch`) and should only add to counters."""
         self.flush_counts()
         self._observers.add(observer)
         return observer

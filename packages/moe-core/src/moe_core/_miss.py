@@ -76,7 +76,7 @@ class Exact:
             if wave is not None and staged:
                 # Staged (CUDA): this wave's experts are on the device already, so the next
                 # wave's reads into the host buffers overlap its compute.
-                reads.read_ahead(wave.loads)
+                reads.read_ahead(wave.loads, needed=True)
             # The next wave overwrites these slots: finish this one first.
             mx.eval(out)
             outputs.append(out[:, 0])
@@ -118,7 +118,8 @@ class Skip:
         self.skipped += int((~resident).sum())
         if missing.size:
             # Fill the cache for later steps, never into a slot this step computes with.
-            reads.read_ahead(cache.prefetch(missing, keep=np.unique(ids[resident])))
+            # A failed fill is this mode's error (it has no other reads to report it).
+            reads.read_ahead(cache.prefetch(missing, keep=np.unique(ids[resident])), needed=True)
         if not resident.any():
             return mx.zeros((*ids.shape, x.shape[-1]), dtype=x.dtype)
         slot = np.where(resident, slot, slot[resident].flat[0]).astype(np.uint32)

@@ -11,8 +11,9 @@ An observer is any object with one or more of these methods; the others are neve
 - `on_reads(layer, experts)`: expert ids whose reads were just started.
 - `on_evictions(layer, experts)`: expert ids that just left their slots.
 
-Calls come from the thread running the model, in its forward pass, and never sync with the
-device: an observer should only add to counters (and coalesce or publish elsewhere).
+Calls come from the thread running the model (in its forward pass) or calling the handle's
+`pin`/`prefetch`, and never sync with the device: an observer should only add to counters (and
+coalesce or publish elsewhere).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ can hold every expert), and which are still in flight.
 
 Which expert goes into which slot is the cache's decision; the bytes come from an
 `ExpertSource` (the checkpoint or its pack). A read that fails frees the slots it was filling,
-so nothing stays marked resident without its bytes.
+so nothing stays marked resident without its bytes; it fails the step that needed it, while a
+speculative one (a prediction, the background completion) is only undone, so a read started
+while a file was bad cannot fail a later step once the file is good again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Reader:
         "ahead",
         "cache",
         "map",
+        "needed",
         "observers",
         "pending",
         "pending_loads",
@@ -51,6 +54,7 @@ class Reader:
         self.observers = observers
         self.pending: Future[None] | None = None  # reads started ahead of this layer's step
         self.pending_loads: list[tuple[int, int]] = []  # what `pending` reads
+        self.needed = False  # whether a step relies on `pending` (else it is speculative)
         self.ahead: Lookahead | None = None  # predicts the next MoE layer's experts
 
     def wait(self) -> None:
@@ -60,9 +64,10 @@ class Reader:
             loads, self.pending_loads = self.pending_loads, []
             try:
                 pending.result()
-            except BaseException:
+            except BaseException as e:
                 self._failed(loads)
-                raise
+                if self.needed or not isinstance(e, Exception):
+                    raise
         self.slots.upload()
 
     def load(self, loads: list[tuple[int, int]]) -> None:
@@ -78,12 +83,13 @@ class Reader:
         self.slots.filled(slot for _, slot in loads)
         self.slots.upload()
 
-    def read_ahead(self, loads: list[tuple[int, int]]) -> None:
-        """Start reading planned loads in the background; `wait` joins them (and uploads)."""
+    def read_ahead(self, loads: list[tuple[int, int]], *, needed: bool = False) -> None:
+        """Start reading planned loads in the background; `wait` joins them (and uploads).
+        `needed`: a step relies on them, so a failure is its error (else only undone)."""
         if loads:
             self.observers.read(self.map.index, loads)
             self.pending = self.source.submit(self.map, loads, self.slots.views)
-            self.pending_loads = loads
+            self.pending_loads, self.needed = loads, needed
             self.slots.filled(slot for _, slot in loads)
 
     def prefetch(self, experts: np.ndarray) -> None:
