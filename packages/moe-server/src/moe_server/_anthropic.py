@@ -14,11 +14,13 @@ from ._reasoning import Reasoning
 from ._text import ToolCall
 from ._validate import (
     arguments_object,
+    block_type,
     get,
     positive_int,
     sampling,
     string_list,
     template_kwargs,
+    text_of,
 )
 from ._worker import Failure, Finish, Overloaded
 
@@ -52,27 +54,6 @@ def overloaded_response() -> JSONResponse:
     )
 
 
-def _text_blocks(value: Any, where: str) -> str:
-    """A string, or a list of text blocks (cache_control and citations ignored), as one string."""
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise RequestError(f"'{where}' must be a string or a list of text blocks")
-    texts = []
-    for i, block in enumerate(value):
-        if (
-            not isinstance(block, dict)
-            or block.get("type") != "text"
-            or not isinstance(block.get("text"), str)
-        ):
-            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-            raise RequestError(
-                f"'{where}[{i}]': block type {kind!r} is not supported here; only text"
-            )
-        texts.append(block["text"])
-    return "".join(texts)
-
-
 def convert_messages(body: dict) -> list[dict]:
     """Anthropic system + messages into the chat template's format (tool_calls, role "tool").
 
@@ -83,7 +64,7 @@ def convert_messages(body: dict) -> list[dict]:
     out: list[dict] = []
     system = body.get("system")
     if system is not None:
-        system_text = _text_blocks(system, "system")
+        system_text = text_of(system, "system")
         if system_text:
             out.append({"role": "system", "content": system_text})
     messages = get(body, "messages", list, required=True)
@@ -100,7 +81,7 @@ def convert_messages(body: dict) -> list[dict]:
             )
         content = message.get("content")
         if role == "system":
-            out.append({"role": "system", "content": _text_blocks(content, f"{where}.content")})
+            out.append({"role": "system", "content": text_of(content, f"{where}.content")})
             continue
         if isinstance(content, str):
             out.append({"role": role, "content": content})
@@ -110,7 +91,7 @@ def convert_messages(body: dict) -> list[dict]:
         texts, calls, thoughts = [], [], []
         for j, block in enumerate(content):
             at = f"{where}.content[{j}]"
-            kind = block.get("type") if isinstance(block, dict) else None
+            kind = block_type(block, at)
             if kind == "text":
                 texts.append(get(block, "text", str, required=True, where=f"{at}."))
             elif kind == "tool_use" and role == "assistant":
@@ -126,7 +107,7 @@ def convert_messages(body: dict) -> list[dict]:
                 )
             elif kind == "tool_result" and role == "user":
                 result = block.get("content", "")
-                text = _text_blocks(result, f"{at}.content") if result is not None else ""
+                text = text_of(result, f"{at}.content", allow_null=True)
                 if block.get("is_error"):
                     text = f"Error: {text}"
                 out.append(
@@ -231,7 +212,7 @@ async def messages(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     try:
         body = await read_json(request, engine.limits.max_body_bytes)
-        model = get(body, "model", str, required=True)
+        get(body, "model", str, required=True)  # any name: the loaded model answers
         max_tokens = positive_int(body, "max_tokens")
         if max_tokens is None:
             raise RequestError("missing required field 'max_tokens'")
@@ -257,7 +238,7 @@ async def messages(request: Request) -> Response:
         "id": f"msg_{uuid.uuid4().hex[:24]}",
         "type": "message",
         "role": "assistant",
-        "model": model,
+        "model": engine.provider.model_id,
     }
     if stream:
         return StreamingResponse(_stream(engine, job, message), media_type="text/event-stream")

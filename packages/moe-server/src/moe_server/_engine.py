@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -74,13 +75,38 @@ async def read_json(request: Request, limit: int) -> dict:
                 status=413,
                 kind="request_too_large",
             )
+    too_deep = RequestError(f"request body nests deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(f"request body is not valid JSON: {e}") from None
+    except RecursionError:  # Python's parser gives up near its recursion limit
+        raise too_deep from None
+    if _depth(data) > MAX_DEPTH:
+        raise too_deep
     if not isinstance(data, dict):
         raise RequestError("request body must be a JSON object")
     return data
+
+
+# Deeper than any real request (a tool's JSON schema) and far from Python's recursion limit, which
+# the chat template's rendering and `json.dumps` would reach.
+MAX_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in `value`, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                stack.extend(
+                    (child, depth + 1)
+                    for child in (item.values() if isinstance(item, dict) else item)
+                )
+    return deepest
 
 
 class Engine:
@@ -93,6 +119,10 @@ class Engine:
         self.metrics = Metrics()
         self.created = int(time.time())
         self._lltok = None  # llguidance's tokenizer, built on the first constrained request
+
+    @functools.cached_property
+    def vocab_size(self) -> int:
+        return len(self.provider.tokenizer.get_vocab())
 
     def tool_scanner(self, tools: list[dict] | None) -> ToolScanner:
         """A scanner for tool calls, or a pass-through when the request offers no tools."""
@@ -224,6 +254,8 @@ class Engine:
                 param="messages",
                 code="context_length_exceeded",
             )
+        if sampling.get("top_k", 0) >= self.vocab_size:  # mlx-lm refuses it; it keeps every token
+            sampling = {**sampling, "top_k": 0}
         if tools:
             sampling = {**sampling, "tools": tools}
         if template:

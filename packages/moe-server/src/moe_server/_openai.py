@@ -17,6 +17,7 @@ from ._text import ToolCall
 from ._validate import (
     arguments_object,
     get,
+    text_of,
 )
 from ._worker import Failure, Finish, Overloaded, TokenLogprob
 
@@ -48,26 +49,6 @@ def overloaded_response() -> JSONResponse:
     )
 
 
-def _text_content(content: Any, where: str) -> str:
-    """Message content as the chat template wants it: one string."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    if not isinstance(content, list):
-        raise RequestError(f"'{where}' must be a string or a list of content parts", param=where)
-    texts = []
-    for i, part in enumerate(content):
-        if (
-            not isinstance(part, dict)
-            or part.get("type") != "text"
-            or not isinstance(part.get("text"), str)
-        ):
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise RequestError(
-                f"'{where}[{i}]': content part {kind!r} is not supported; only text",
-                param=f"{where}[{i}]",
-            )
-        texts.append(part["text"])
-    return "".join(texts)
 
 
 def convert_messages(messages: list) -> list[dict]:
@@ -86,7 +67,7 @@ def convert_messages(messages: list) -> list[dict]:
             )
         converted: dict[str, Any] = {
             "role": role,
-            "content": _text_content(message.get("content"), f"{where}.content"),
+            "content": text_of(message.get("content"), f"{where}.content", allow_null=True),
         }
         if role == "assistant" and message.get("tool_calls"):
             calls = get(message, "tool_calls", list, where=f"{where}.")
@@ -195,6 +176,8 @@ async def _start(request: Request, *, chat: bool):
                         "'prompt' must be a string or a list of one string", param="prompt"
                     )
                 prompt = prompt[0]
+            if not prompt:
+                raise RequestError("'prompt' must not be empty", param="prompt")
         job = await engine.submit(
             prompt,
             tools=tools,

@@ -79,7 +79,7 @@ def response_format(
 
 def parse_options(body: dict, engine: Engine, *, chat: bool) -> Options:
     _reject_unsupported(body)
-    model = get(body, "model", str, default=engine.provider.model_id)
+    get(body, "model", str)  # any name: the loaded model answers, under its own name
     stream = get(body, "stream", bool, default=False)
     stream_options = get(body, "stream_options", dict, default={})
     include_usage = get(
@@ -92,7 +92,7 @@ def parse_options(body: dict, engine: Engine, *, chat: bool) -> Options:
     if thinking is None:
         thinking = effort_thinking(get(body, "reasoning_effort", str), "reasoning_effort")
     return Options(
-        model=model,
+        model=engine.provider.model_id,
         stream=stream,
         include_usage=include_usage,
         stops=string_list(body, "stop"),

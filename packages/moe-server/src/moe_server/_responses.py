@@ -233,7 +233,7 @@ def _skeleton(body: dict, engine: Engine, previous: str | None, instructions: st
         "object": "response",
         "created_at": int(time.time()),
         "status": "in_progress",
-        "model": body.get("model") or engine.provider.model_id,
+        "model": engine.provider.model_id,
         "output": [],
         "instructions": instructions,
         "previous_response_id": previous,

@@ -94,7 +94,9 @@ def sampling(data: dict, *, max_tokens: int, vocab: int | None = None) -> dict:
         out["top_k"] = top_k
     seed = get(data, "seed", int)
     if seed is not None:
-        out["seed"] = seed
+        if not -(2**63) <= seed < 2**64:
+            raise RequestError(f"'seed' must fit in 64 bits, got {seed}", param="seed")
+        out["seed"] = seed % 2**64  # MLX takes an unsigned 64-bit seed; OpenAI's are signed
     bias = get(data, "logit_bias", dict)
     if bias:
         out["logit_bias"] = _logit_bias(bias, vocab)
@@ -105,7 +107,9 @@ def _logit_bias(bias: dict, vocab: int | None) -> dict[int, float]:
     out = {}
     for key, value in bias.items():
         where = f"logit_bias.{key}"
-        if not str(key).isdigit() or (vocab is not None and int(key) >= vocab):
+        if not (str(key).isascii() and str(key).isdigit()) or (
+            vocab is not None and int(key) >= vocab
+        ):
             raise RequestError(f"'{where}': {key!r} is not a token id of this model", param=where)
         if (
             isinstance(value, bool)
@@ -115,6 +119,51 @@ def _logit_bias(bias: dict, vocab: int | None) -> dict[int, float]:
             raise RequestError(f"'{where}' must be a number between -100 and 100", param=where)
         out[int(key)] = float(value)
     return out
+
+
+def block_type(block: Any, where: str) -> str:
+    """The `type` of a content block (OpenAI content part or Anthropic block), checked."""
+    if not isinstance(block, dict):
+        raise RequestError(f"'{where}' must be an object, got {_json_type(block)}", param=where)
+    kind = block.get("type")
+    if not isinstance(kind, str):
+        raise RequestError(
+            f"'{where}.type' must be a string, got {_json_type(kind)}", param=f"{where}.type"
+        )
+    return kind
+
+
+def text_of(
+    value: Any,
+    where: str,
+    *,
+    text_types: frozenset[str] = frozenset({"text"}),
+    skip: frozenset[str] = frozenset(),
+    allow_null: bool = False,
+) -> str:
+    """A string, or a list of text blocks (`{"type": "text", "text": ...}`) joined into one: how
+    both APIs carry message text. Blocks of a type in `skip` are dropped; any other is refused."""
+    if isinstance(value, str):
+        return value
+    if value is None and allow_null:
+        return ""
+    if not isinstance(value, list):
+        raise RequestError(
+            f"'{where}' must be a string or a list of text blocks, got {_json_type(value)}",
+            param=where,
+        )
+    texts = []
+    for i, block in enumerate(value):
+        at = f"{where}[{i}]"
+        kind = block_type(block, at)
+        if kind in skip:
+            continue
+        if kind not in text_types:
+            raise RequestError(
+                f"'{at}': block type {kind!r} is not supported here; only text", param=at
+            )
+        texts.append(get(block, "text", str, required=True, where=f"{at}."))
+    return "".join(texts)
 
 
 def arguments_object(arguments: Any, where: str) -> Any:
