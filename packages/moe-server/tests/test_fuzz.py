@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-OPENAI = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+OPENAI = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models")
 ANTHROPIC = ("/v1/messages", "/v1/messages/count_tokens")
 # Per test: at most EXAMPLES examples, and no new one after SECONDS (a loaded machine runs fewer).
 EXAMPLES, SECONDS, MIN_EXAMPLES = 300, 20.0, 25
@@ -127,6 +127,48 @@ VALID = {
     ),
 }
 VALID["/v1/messages/count_tokens"] = VALID["/v1/messages"]
+response_parts = st.lists(
+    st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text"]), "text": texts}),
+    max_size=2,
+)
+VALID["/v1/responses"] = (
+    {
+        "model": st.just("m"),
+        "input": texts
+        | st.lists(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {
+                        "role": st.sampled_from(["user", "assistant", "system"]),
+                        "content": texts | response_parts,
+                    },
+                    optional={"type": st.just("message")},
+                ),
+                st.fixed_dictionaries(
+                    {
+                        "type": st.just("reasoning"),
+                        "summary": st.lists(
+                            st.fixed_dictionaries({"type": st.just("summary_text"), "text": texts}),
+                            max_size=1,
+                        ),
+                    }
+                ),
+                st.fixed_dictionaries(
+                    {"type": st.just("function_call_output"), "call_id": texts, "output": texts}
+                ),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        "max_output_tokens": st.integers(1, 8),
+    },
+    {
+        **common,
+        "instructions": texts,
+        "store": st.booleans(),
+        "reasoning": st.fixed_dictionaries({"effort": st.sampled_from(["low", "medium", "high"])}),
+    },
+)
 # What replaces a field or a nested value: any JSON, or a number or text near an edge.
 DROP = "<drop this key>"
 wrong = (
@@ -221,11 +263,17 @@ def check(response: httpx.Response, path: str, body: object) -> None:
         return
     if response.headers["content-type"].startswith("text/event-stream"):
         text = response.text
-        assert "error" not in [line.removeprefix("event: ") for line in text.splitlines()], text
-        assert '"error"' not in text, text
-        assert text.rstrip().endswith(
-            "data: [DONE]" if path in OPENAI else '{"type": "message_stop"}'
-        ), text
+        events = [line.removeprefix("event: ") for line in text.splitlines()]
+        assert "error" not in events and "response.failed" not in events, text
+        assert 'data: {"error"' not in text, text
+        last = text.rstrip().splitlines()[-1]
+        if path == "/v1/responses":  # completed, or incomplete when the answer was cut short
+            assert json.loads(last.removeprefix("data: "))["type"] in (
+                "response.completed",
+                "response.incomplete",
+            ), text
+        else:
+            assert last == ("data: [DONE]" if path in OPENAI else 'data: {"type": "message_stop"}')
     else:
         assert isinstance(response.json(), dict)
 

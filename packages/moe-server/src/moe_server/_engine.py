@@ -77,7 +77,7 @@ async def read_json(request: Request, limit: int) -> dict:
             )
     too_deep = RequestError(f"request body nests deeper than {MAX_DEPTH} levels")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_not_json)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(f"request body is not valid JSON: {e}") from None
     except RecursionError:  # Python's parser gives up near its recursion limit
@@ -87,6 +87,11 @@ async def read_json(request: Request, limit: int) -> dict:
     if not isinstance(data, dict):
         raise RequestError("request body must be a JSON object")
     return data
+
+
+def _not_json(name: str) -> None:
+    """Python's parser takes NaN and Infinity, which JSON has not (and answers could not echo)."""
+    raise RequestError(f"request body is not valid JSON: {name} is not a JSON number")
 
 
 # Deeper than any real request (a tool's JSON schema) and far from Python's recursion limit, which

@@ -19,7 +19,7 @@ from ._engine import Engine, RequestError, read_json
 from ._openai import convert_messages, error_body, error_response, overloaded_response
 from ._openai_options import response_format as chat_response_format
 from ._response_events import Run, new_id
-from ._validate import effort_thinking, get, positive_int, sampling, template_kwargs
+from ._validate import effort_thinking, get, positive_int, sampling, template_kwargs, text_of
 from ._worker import Overloaded
 
 MAX_STORED = 256  # responses kept for previous_response_id and GET; the oldest go first
@@ -107,24 +107,12 @@ def convert_input(value: Any) -> list[dict]:
     return convert_messages(messages)
 
 
-def _content(content: Any, where: str) -> Any:
-    """Responses content parts (input_text, output_text) as chat text parts."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    if not isinstance(content, list):
-        raise RequestError(f"'{where}' must be a string or a list of parts", param=where)
-    parts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in ("input_text", "output_text", "text") or not isinstance(
-            part.get("text"), str
-        ):
-            raise RequestError(
-                f"'{where}[{j}]': part type {kind!r} is not supported; only text",
-                param=f"{where}[{j}]",
-            )
-        parts.append({"type": "text", "text": part["text"]})
-    return parts
+def _content(content: Any, where: str) -> str:
+    """Responses content parts (input_text, output_text) as one text."""
+    return text_of(content, where, text_types=_TEXT_PARTS, allow_null=True)
+
+
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 
 
 def convert_tools(body: dict) -> tuple[list[dict] | None, str | None]:
@@ -200,6 +188,8 @@ async def create(request: Request) -> Response:
             body, "max_output_tokens", default=engine.limits.max_tokens_default
         )
         template = template_kwargs(thinking=thinking)
+        stream = get(body, "stream", bool, default=False)
+        keep = get(body, "store", bool, default=True)
         grammar = await engine.constraint(_text_format(body), tools, forced, param="text.format")
         job = await engine.submit(
             system + conversation,
@@ -214,8 +204,8 @@ async def create(request: Request) -> Response:
     except Overloaded:
         return overloaded_response()
     response = _skeleton(body, engine, previous, instructions)
-    run = Run(engine, job, response, conversation, store if body.get("store", True) else None)
-    if get(body, "stream", bool, default=False):
+    run = Run(engine, job, response, conversation, store if keep else None)
+    if stream:
         return StreamingResponse(run.events(), media_type="text/event-stream")
     async for _ in run.events(request):
         pass

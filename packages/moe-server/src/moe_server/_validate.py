@@ -193,7 +193,7 @@ _EFFORT = {
 def effort_thinking(effort: Any, where: str) -> bool | None:
     if effort is None:
         return None
-    if effort not in _EFFORT:
+    if not isinstance(effort, str) or effort not in _EFFORT:
         raise RequestError(
             f"'{where}' must be one of {', '.join(_EFFORT)}, got {effort!r}", param=where
         )
