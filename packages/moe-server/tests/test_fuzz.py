@@ -11,8 +11,11 @@ import time
 
 import httpx
 import pytest
+from _fixture_model import CAPACITY
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from moe_runtime import Session
 
 OPENAI = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models")
 ANTHROPIC = ("/v1/messages", "/v1/messages/count_tokens")
@@ -243,10 +246,13 @@ class ShortAnswers:
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(serve_app, provider):
-    server = serve_app(ShortAnswers(provider), max_body_bytes=200_000)
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
+def fuzz_server(serve_app, model_path, tmp_path_factory):
+    # A session of its own: the shared one's other servers keep their view of it.
+    with Session(model_path, capacity=CAPACITY, cache_dir=tmp_path_factory.mktemp("c")) as session:
+        server = serve_app(ShortAnswers(session), max_body_bytes=200_000)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            yield client
+        server.stop()
 
 
 def check(response: httpx.Response, path: str, body: object) -> None:

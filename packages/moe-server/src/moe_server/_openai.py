@@ -49,8 +49,6 @@ def overloaded_response() -> JSONResponse:
     )
 
 
-
-
 def convert_messages(messages: list) -> list[dict]:
     """OpenAI messages into the chat template's format (assistant tool_calls, role "tool")."""
     out = []
