@@ -81,3 +81,57 @@ def test_bad_capacity():
         ExpertCache(8, 0)
     with pytest.raises(ValueError, match="unknown cache policy"):
         ExpertCache(8, 2, "nope")
+
+
+def test_s3fifo_drops_experts_used_once_before_reused_ones():
+    # 10 slots: small holds 1. Experts 0-8 are used twice, then a stream of one-off experts
+    # passes through small without pushing them out of main.
+    cache = ExpertCache(64, 10, "s3fifo")
+    list(run(cache, [[e] for e in range(9)] + [[e] for e in range(9)]))
+    list(run(cache, [[e] for e in range(20, 40)]))
+    assert set(range(9)) <= set(cache.resident().tolist())
+    # A one-off that comes back while its id is in the ghost queue goes straight to main.
+    list(run(cache, [[38], [41], [42]]))
+    assert 38 in cache.resident().tolist()
+
+
+def test_least_stale_keeps_experts_loaded_ahead_until_used():
+    cache = ExpertCache(16, 3, "stale")
+    list(run(cache, [[0], [1]]))
+    cache.predict(np.array([5]))  # loaded ahead, not used yet: fresh
+    list(run(cache, [[2], [3]]))  # stale 0 and 1 leave first, then the older of 2
+    assert 5 in cache.resident().tolist()
+    list(run(cache, [[5], [6], [7], [8]]))  # once used, 5 is stale like any other
+    assert 5 not in cache.resident().tolist()
+
+
+def test_ahead_protects_a_prediction_until_its_step_and_does_not_count_it():
+    cache = ExpertCache(16, 3, "ahead")
+    list(run(cache, [[0], [0], [1], [1]]))
+    cache.predict(np.array([2]))  # loads 2 into the free slot
+    assert cache.stats.misses == 2 and cache.stats.prefetched == 1
+    list(run(cache, [[3]]))  # 2 was not picked; 3 must evict: not the prediction
+    assert 2 in cache.resident().tolist()
+    list(run(cache, [[4]]))  # the predicted step is over: the unused guess (count 0) goes
+    assert 2 not in cache.resident().tolist()
+
+
+def test_markov_learns_a_cycle_that_lru_thrashes():
+    # Experts 0, 1, 2, 3 in turn through 3 slots: LRU always evicts the next one.
+    steps = [[i % 4] for i in range(400)]
+    rates = {}
+    for policy in ("lru", "markov"):
+        cache = ExpertCache(8, 3, policy)
+        list(run(cache, steps))
+        rates[policy] = cache.stats.hits / (cache.stats.hits + cache.stats.misses)
+    assert rates["lru"] == 0.0
+    assert rates["markov"] > 0.45
+
+
+def test_a_prediction_is_read_ahead_but_not_counted_as_a_use():
+    cache = ExpertCache(8, 2, "lru")
+    list(run(cache, [[0], [1]]))
+    loads = cache.predict(np.array([1, 2]))  # 1 is resident; 2 evicts 0, the older
+    assert [e for e, _ in loads] == [2] and cache.stats.misses == 2
+    list(run(cache, [[3]]))  # 2 was guessed, never used: older than 1's use
+    assert set(cache.resident().tolist()) == {1, 3}

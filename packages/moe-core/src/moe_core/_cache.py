@@ -57,7 +57,7 @@ class ExpertCache:
                 f"capacity {self.capacity} is outside 1..{self.num_experts} (the layer's experts)"
             )
         if isinstance(self.policy, str):
-            self.policy = make_policy(self.policy, self.num_experts)
+            self.policy = make_policy(self.policy, self.num_experts, self.capacity)
         self.slot_of = np.full(self.num_experts, -1, dtype=np.int64)
         self.expert_in = np.full(self.capacity, -1, dtype=np.int64)
         self.pinned = np.zeros(self.num_experts, dtype=bool)
@@ -108,14 +108,15 @@ class ExpertCache:
         if count:
             self.stats.hits += int(hits.size)
             self.stats.misses += int(misses.size)
-        policy.on_access(hits)
+        # The whole step is one use of each of its experts, told before anything is loaded.
+        policy.on_access(needed)
 
         protected = self.pinned.copy()
         protected[needed] = True
         room = self._free_slots().size + self._evictable(protected).size
         if misses.size <= room:
             self.stats.waves += 1
-            yield Wave(needed, self._admit(misses, protected))
+            yield Wave(needed, self._admit(misses, protected, used=False))
             return
 
         # More experts than slots: run hits plus what fits, then the rest in later waves, each
@@ -123,13 +124,13 @@ class ExpertCache:
         chunk = self.capacity - int(self.pinned[self.resident()].sum())
         first, rest = misses[:room], misses[room:]
         self.stats.waves += 1
-        yield Wave(np.concatenate([hits, first]), self._admit(first, protected))
+        yield Wave(np.concatenate([hits, first]), self._admit(first, protected, used=False))
         for start in range(0, rest.size, chunk):
             wave = rest[start : start + chunk]
             protected = self.pinned.copy()
             protected[wave] = True
             self.stats.waves += 1
-            yield Wave(wave, self._admit(wave, protected))
+            yield Wave(wave, self._admit(wave, protected, used=False))
 
     def _free_slots(self) -> np.ndarray:
         return np.flatnonzero(self.expert_in < 0)
@@ -138,8 +139,11 @@ class ExpertCache:
         resident = self.resident()
         return resident[~protected[resident]]
 
-    def _admit(self, experts: np.ndarray, protected: np.ndarray) -> list[tuple[int, int]]:
-        """Give each of `experts` a slot, evicting by policy; returns the (expert, slot) loads."""
+    def _admit(
+        self, experts: np.ndarray, protected: np.ndarray, *, used: bool = True
+    ) -> list[tuple[int, int]]:
+        """Give each of `experts` a slot, evicting by policy; returns the (expert, slot) loads.
+        `used`: count the load as a use (a warm start); a step has told its uses already."""
         if experts.size == 0:
             return []
         policy = self.policy
@@ -159,8 +163,11 @@ class ExpertCache:
         slots = free[: experts.size]
         self.slot_of[experts] = slots
         self.expert_in[slots] = experts
+        # The use first, then the insertion: a policy that counts uses of resident experts only
+        # (S3-FIFO) sees a fresh load as not yet resident, as with a step's misses.
+        if used:
+            policy.on_access(experts)
         policy.on_insert(experts)
-        policy.on_access(experts)
         return list(zip(experts.tolist(), slots.tolist(), strict=True))
 
     def _evict(self, experts: np.ndarray) -> None:
@@ -184,11 +191,11 @@ class ExpertCache:
 
     # -- outside the forward pass --------------------------------------------------------------
     def prefetch(
-        self, experts: np.ndarray, *, keep: np.ndarray | None = None
+        self, experts: np.ndarray, *, keep: np.ndarray | None = None, used: bool = True
     ) -> list[tuple[int, int]]:
         """Make `experts` resident ahead of need (warm start, profiles, lookahead, skip's fill),
         evicting only unpinned experts not in `keep`: it fills free slots first, then evicts by
-        policy. Loads are not counted as misses."""
+        policy. Loads are not counted as misses; with `used`, they count as uses."""
         experts = np.unique(np.asarray(experts, dtype=np.int64))
         experts = experts[self.slot_of[experts] < 0]
         held = self.pinned.copy()
@@ -196,9 +203,17 @@ class ExpertCache:
             held[keep] = True
         room = self._free_slots().size + self._evictable(held).size
         experts = experts[:room]
-        loads = self._admit(experts, held | _mask(self.num_experts, experts))
+        loads = self._admit(experts, held | _mask(self.num_experts, experts), used=used)
         self.stats.prefetched += len(loads)
         return loads
+
+    def predict(self, experts: np.ndarray) -> list[tuple[int, int]]:
+        """The lookahead expects `experts` at this layer's next step: tell the policy, and load
+        the absent ones as `prefetch` does, without counting the guess as a use."""
+        experts = np.unique(np.asarray(experts, dtype=np.int64))
+        assert isinstance(self.policy, Policy)
+        self.policy.on_predict(experts)
+        return self.prefetch(experts, used=False)
 
     def pin(self, experts: np.ndarray) -> list[tuple[int, int]]:
         """Pin `experts` (loading any that are absent); they are never evicted afterwards."""

@@ -97,6 +97,12 @@ class Reader:
         self.wait()
         self.read_ahead(self.cache.prefetch(experts))
 
+    def predict(self, experts: np.ndarray) -> None:
+        """The lookahead expects `experts` at this layer's next step: tell the cache (its policy
+        may protect them) and start reading the absent ones."""
+        self.wait()
+        self.read_ahead(self.cache.predict(experts))
+
     def after_step(self, x: mx.array, needed: int) -> None:
         """A step that needed `needed` experts has been planned: predict the next layer's
         experts from this layer's input, and fill a layer whose slots can hold all of its."""
@@ -158,4 +164,4 @@ class Lookahead:
             picks = mx.argpartition(scores, kth=-self.top_k, axis=-1)[..., -self.top_k :]
         experts = np.unique(np.array(picks)).astype(np.int64)
         self.predicted += int(experts.size)
-        nxt.prefetch(experts)
+        nxt.predict(experts)
