@@ -108,3 +108,54 @@ def test_compare_rows():
     for row in rows:
         assert 0 < row["hit_rate"] <= row["belady_hit_rate"] <= 1
         assert row["ratio"] == pytest.approx(row["hit_rate"] / row["belady_hit_rate"])
+
+
+def _with_predictions(trace: Trace, seed: int, accuracy: float) -> Trace:
+    """The trace with, on one-token steps, a guess of each step's experts: each right with
+    probability `accuracy`, else another expert."""
+    rng = np.random.default_rng(seed)
+    steps, predicted = [], []
+    for layer, experts in zip(trace.layers, trace.num_experts, strict=True):
+        steps.append(layer.steps)
+        guesses = []
+        for rows in layer.steps:
+            if rows.shape[0] != 1:
+                guesses.append(None)
+                continue
+            guess = rows[0].astype(np.int64)
+            wrong = rng.random(guess.size) > accuracy
+            guess[wrong] = rng.integers(0, experts, size=int(wrong.sum()))
+            guesses.append(guess)
+        predicted.append(guesses)
+    return Trace.from_steps(steps, trace.num_experts, top_k=trace.top_k, predicted=predicted)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_reads_ahead_count_as_reads_and_belady_still_bounds_them(seed):
+    trace = _with_predictions(synthetic_trace(3, 32, 4, 200, 1.0, seed, 4, prefill=12), seed, 0.6)
+    for capacity in (8, 16):
+        best = belady(trace, capacity)
+        for policy in POLICIES:
+            plain = simulate(trace, capacity, policy)
+            ahead = simulate(trace, capacity, policy, lookahead=True)
+            assert plain.prefetched == 0 and plain.read_hit_rate == plain.hit_rate
+            assert ahead.prefetched > 0
+            # Served from memory more often, but every guess loaded was a read.
+            assert ahead.read_hit_rate <= best.hit_rate + 1e-12, (policy, capacity)
+            assert ahead.hits - ahead.prefetched <= best.hits
+
+
+def test_perfect_guesses_turn_most_misses_into_reads_ahead():
+    trace = _with_predictions(synthetic_trace(2, 32, 4, 120, 1.0, 0, 1), 0, 1.0)
+    plain = simulate(trace, 8, "lru")
+    result = simulate(trace, 8, "lru", lookahead=True)
+    # Misses are left only where the layer was hitting and the guess skipped (7 steps in 8).
+    assert result.misses < plain.misses / 2
+    assert result.misses + result.prefetched >= plain.misses * 0.9
+
+
+def test_compare_with_lookahead_reports_reads_and_served():
+    trace = _with_predictions(synthetic_trace(2, 32, 4, 120, 1.0, 0, 2), 1, 0.5)
+    (row,) = compare(trace, [8], ["lfuda"], lookahead=True)
+    assert row["served_rate"] > row["hit_rate"]
+    assert row["ratio"] == pytest.approx(row["hit_rate"] / row["belady_hit_rate"])

@@ -54,3 +54,30 @@ def test_corrupt_and_missing_trace_files_are_clear(tmp_path):
 def test_out_of_range_ids_are_refused():
     with pytest.raises(TraceError, match=r"outside 0\.\.3"):
         Trace.from_steps([[np.array([[1, 4]])]], [4])
+
+
+def test_recorder_keeps_predictions_for_the_next_step_of_a_layer(tmp_path):
+    rec = TraceRecorder([8, 8], top_k=2)
+    rec(0, np.array([[0, 1]]))
+    rec.predicted(1, np.array([5, 3, 5]))
+    rec(1, np.array([[3, 4]]))
+    rec(0, np.array([[2, 3]]))
+    rec(1, np.array([[6, 7]]))  # no prediction for this one
+    trace = rec.trace()
+    assert trace.layers[0].predicted is None
+    assert trace.layers[1].predicted.tolist() == [[3, 5], [-1, -1]]
+    loaded = Trace.load(trace.save(tmp_path / "p.npz"))
+    assert loaded == trace and loaded.layers[1].predicted.tolist() == [[3, 5], [-1, -1]]
+    with pytest.raises(TraceError, match="recorder has 2"):
+        rec.predicted(2, np.array([1]))
+
+
+def test_chronological_split_cuts_at_a_prompt_start():
+    trace = synthetic_trace(2, 16, 2, 100, 1.0, 0, 5, prefill=4)  # prompts start every 20 steps
+    fit, held = trace.split(0.33)
+    assert fit.num_steps == 60 and held.num_steps == 40  # the prompt start nearest to 67
+    assert [s.starts for s in held.segments] == [(0, 0), (20, 20)]
+    assert np.array_equal(held.layers[1].steps[0], trace.layers[1].steps[60])
+    assert held.layers[1].steps[0].shape == (4, 2)  # a prompt's prefill opens the held-out part
+    with pytest.raises(ValueError, match="held-out share"):
+        trace.split(1.0)

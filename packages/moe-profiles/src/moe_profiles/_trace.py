@@ -2,7 +2,9 @@
 
 A step is one forward pass of one MoE layer: a prefill chunk or one decoded token, so its ids are
 `[tokens, k]`. Steps of a layer are stored concatenated with offsets, which keeps a trace of tens of
-thousands of steps as a handful of arrays rather than a Python object per step.
+thousands of steps as a handful of arrays rather than a Python object per step. A trace may also
+hold, per step, the experts the lookahead predicted for it (the previous layer's input through
+this layer's router), so policies that use the prediction can be replayed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class LayerTrace:
 
     ids: np.ndarray  # [tokens, k] over all steps
     offsets: np.ndarray  # [steps + 1]
+    predicted: np.ndarray | None = None  # [steps, p] predicted ids per step, -1 padded
 
     def __post_init__(self) -> None:
         if self.ids.ndim != 2:
@@ -45,6 +48,13 @@ class LayerTrace:
         if self.offsets[-1] != self.ids.shape[0] or np.any(np.diff(self.offsets) < 0):
             raise TraceError(
                 f"layer offsets end at {int(self.offsets[-1])}, ids have {self.ids.shape[0]} rows"
+            )
+        if self.predicted is not None and (
+            self.predicted.ndim != 2 or self.predicted.shape[0] != self.num_steps
+        ):
+            raise TraceError(
+                f"layer predictions must be [steps, p] for {self.num_steps} steps, "
+                f"got shape {self.predicted.shape}"
             )
 
     @property
@@ -62,6 +72,12 @@ class LayerTrace:
     def step_index(self) -> np.ndarray:
         """The step of every row of `ids`."""
         return np.repeat(np.arange(self.num_steps), np.diff(self.offsets))
+
+    def slice(self, start: int, stop: int) -> LayerTrace:
+        """Steps `start` to `stop` (exclusive) as a layer trace of their own."""
+        offsets = self.offsets[start : stop + 1]
+        predicted = None if self.predicted is None else self.predicted[start:stop]
+        return LayerTrace(self.ids[offsets[0] : offsets[-1]], offsets - offsets[0], predicted)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -82,6 +98,12 @@ class Trace:
         for i, (layer, experts) in enumerate(zip(self.layers, self.num_experts, strict=True)):
             if layer.ids.size and (layer.ids.min() < 0 or layer.ids.max() >= experts):
                 raise TraceError(f"layer {i}: expert ids outside 0..{experts - 1}")
+            if (
+                layer.predicted is not None
+                and layer.predicted.size
+                and layer.predicted.max() >= experts
+            ):
+                raise TraceError(f"layer {i}: predicted expert ids outside 0..{experts - 1}")
         for seg in self.segments:
             if len(seg.starts) != len(self.layers):
                 raise TraceError(f"segment {seg.name!r} has starts for {len(seg.starts)} layers")
@@ -95,10 +117,12 @@ class Trace:
         top_k: int | None = None,
         fingerprint: str = "",
         segments: tuple[Segment, ...] | list[Segment] = (),
+        predicted: list[list[np.ndarray | None]] | None = None,
     ) -> Trace:
-        """Build from per-layer lists of `[tokens, k]` arrays (or flat id lists, one token each)."""
+        """Build from per-layer lists of `[tokens, k]` arrays (or flat id lists, one token each);
+        `predicted`, per layer and step, the ids the lookahead predicted (None: no prediction)."""
         layers = []
-        for layer_steps in steps:
+        for index, layer_steps in enumerate(steps):
             rows = [
                 np.asarray(s).reshape(-1, np.shape(s)[-1] if np.ndim(s) else 1) for s in layer_steps
             ]
@@ -107,7 +131,8 @@ class Trace:
                 raise TraceError("all steps of a layer must select the same number of experts")
             ids = np.concatenate(rows) if rows else np.zeros((0, k), dtype=np.int32)
             offsets = np.concatenate([[0], np.cumsum([r.shape[0] for r in rows])]).astype(np.int64)
-            layers.append(LayerTrace(_compact(ids), offsets))
+            guesses = predicted[index] if predicted is not None else None
+            layers.append(LayerTrace(_compact(ids), offsets, _padded(guesses, len(rows))))
         if top_k is None:
             top_k = max((layer.ids.shape[1] for layer in layers), default=1)
         return cls(
@@ -139,6 +164,29 @@ class Trace:
             for layer, e in zip(self.layers, self.num_experts, strict=True)
         ]
 
+    def slice(self, start: int, stop: int) -> Trace:
+        """Steps `start` to `stop` (exclusive) of every layer, with the segments that start in it."""
+        layers = tuple(layer.slice(start, stop) for layer in self.layers)
+        segments = tuple(
+            Segment(seg.name, tuple(max(0, s - start) for s in seg.starts))
+            for seg in self.segments
+            if all(s < stop for s in seg.starts) and all(s >= start for s in seg.starts)
+        )
+        return Trace(layers, self.num_experts, self.top_k, self.fingerprint, segments)
+
+    def split(self, held_out: float) -> tuple[Trace, Trace]:
+        """Chronological split: the first steps to fit on and the last `held_out` share of them to
+        check on, cut at the segment (prompt) start nearest to that share when there are segments."""
+        if not 0 < held_out < 1:
+            raise ValueError(f"held-out share {held_out} must be in (0, 1)")
+        total = self.num_steps
+        cut = round(total * (1 - held_out))
+        starts = [seg.starts[0] for seg in self.segments if 0 < seg.starts[0] < total]
+        if starts:
+            cut = min(starts, key=lambda s: abs(s - cut))
+        cut = min(max(cut, 1), total - 1)
+        return self.slice(0, cut), self.slice(cut, total)
+
     def segment_bounds(self, layer: int, *, windows: int = 8) -> list[tuple[int, int]]:
         """Step ranges of the prompt segments of `layer`; with fewer than two segments, the trace
         split into `windows` equal parts so "present in most segments" still means something."""
@@ -164,7 +212,9 @@ class Trace:
             and self.segments == other.segments
             and len(self.layers) == len(other.layers)
             and all(
-                np.array_equal(a.ids, b.ids) and np.array_equal(a.offsets, b.offsets)
+                np.array_equal(a.ids, b.ids)
+                and np.array_equal(a.offsets, b.offsets)
+                and _same(a.predicted, b.predicted)
                 for a, b in zip(self.layers, other.layers, strict=True)
             )
         )
@@ -187,6 +237,8 @@ class Trace:
         for i, layer in enumerate(self.layers):
             arrays[f"ids_{i}"] = layer.ids
             arrays[f"offsets_{i}"] = layer.offsets
+            if layer.predicted is not None:
+                arrays[f"predicted_{i}"] = layer.predicted
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -219,7 +271,11 @@ class Trace:
                     )
                 num_experts = tuple(int(e) for e in meta["num_experts"])
                 layers = tuple(
-                    LayerTrace(data[f"ids_{i}"], data[f"offsets_{i}"].astype(np.int64))
+                    LayerTrace(
+                        data[f"ids_{i}"],
+                        data[f"offsets_{i}"].astype(np.int64),
+                        data.get(f"predicted_{i}"),
+                    )
                     for i in range(len(num_experts))
                 )
                 segments = tuple(
@@ -244,6 +300,7 @@ class TraceRecorder:
     """An observer for `handle.observe(recorder)`: accumulates every step of every layer.
 
     Call `segment(name)` before each prompt to mark where it starts; `trace()` returns the result.
+    `predicted(layer, ids)` records what the lookahead expects at that layer's next step.
     """
 
     num_experts: list[int] | tuple[int, ...]
@@ -251,9 +308,11 @@ class TraceRecorder:
     fingerprint: str = ""
     _steps: list[list[np.ndarray]] = field(init=False)
     _segments: list[Segment] = field(init=False, default_factory=list)
+    _predicted: list[list[np.ndarray | None]] = field(init=False)
+    _pending: list[np.ndarray | None] = field(init=False)
 
     def __post_init__(self) -> None:
-        self._steps = [[] for _ in self.num_experts]
+        self.clear()
 
     @classmethod
     def attach(cls, handle, *, fingerprint: str = "", top_k: int | None = None) -> TraceRecorder:
@@ -264,6 +323,14 @@ class TraceRecorder:
         if not 0 <= layer < len(self._steps):
             raise TraceError(f"trace recorder told of MoE layer {layer}, it has {len(self._steps)}")
         self._steps[layer].append(np.array(ids, copy=True).reshape(-1, ids.shape[-1]))
+        self._predicted[layer].append(self._pending[layer])
+        self._pending[layer] = None
+
+    def predicted(self, layer: int, ids: np.ndarray) -> None:
+        """The lookahead expects `ids` at `layer`'s next step."""
+        if not 0 <= layer < len(self._steps):
+            raise TraceError(f"prediction for MoE layer {layer}, recorder has {len(self._steps)}")
+        self._pending[layer] = np.unique(np.asarray(ids)).astype(np.int64)
 
     def segment(self, name: str) -> None:
         """Mark the start of a new prompt segment at the current step of every layer."""
@@ -272,6 +339,8 @@ class TraceRecorder:
     def clear(self) -> None:
         self._steps = [[] for _ in self.num_experts]
         self._segments = []
+        self._predicted = [[] for _ in self.num_experts]
+        self._pending = [None for _ in self.num_experts]
 
     def trace(self) -> Trace:
         return Trace.from_steps(
@@ -280,7 +349,26 @@ class TraceRecorder:
             top_k=self.top_k,
             fingerprint=self.fingerprint,
             segments=self._segments,
+            predicted=self._predicted,
         )
+
+
+def _padded(guesses: list[np.ndarray | None] | None, steps: int) -> np.ndarray | None:
+    """Per-step predictions as one `[steps, p]` array padded with -1; None when there are none."""
+    if guesses is None or all(g is None for g in guesses):
+        return None
+    if len(guesses) != steps:
+        raise TraceError(f"{len(guesses)} predictions for {steps} steps")
+    width = max(1, max(g.size for g in guesses if g is not None))
+    out = np.full((steps, width), -1, dtype=np.int16)
+    for i, g in enumerate(guesses):
+        if g is not None:
+            out[i, : g.size] = g
+    return out
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 def _compact(ids: np.ndarray) -> np.ndarray:
