@@ -52,7 +52,9 @@ def requests(name: str) -> list[tuple[object, list | None]]:
     return out
 
 
-def record(name: str, *, tokens: int = TOKENS, model: str | None = None) -> Path:
+def record(
+    name: str, *, tokens: int = TOKENS, model: str | None = None, out: Path = TRACES
+) -> Path:
     import moe_core
     from moe_profiles import TraceRecorder
     from moe_runtime import Session, demo_model_path
@@ -65,8 +67,8 @@ def record(name: str, *, tokens: int = TOKENS, model: str | None = None) -> Path
         for i, (prompt, tools) in enumerate(requests(name)):
             recorder.segment(f"{name}[{i}]")
             session.generate(prompt, max_tokens=tokens, tools=tools, temperature=0.7, seed=i)
-        session.handle.set_trace(None)
-    return recorder.trace().save(TRACES / f"demo-{name}.npz")
+        session.handle.unobserve(recorder)
+    return recorder.trace().save(out / f"demo-{name}.npz")
 
 
 def watch_predictions(session, recorder) -> None:
@@ -105,12 +107,13 @@ def main() -> int:
     )
     parser.add_argument("--tokens", type=int, default=TOKENS, help="tokens generated per prompt")
     parser.add_argument("--model", help="model directory (default: the shipped demo model)")
+    parser.add_argument("--out", type=Path, default=TRACES, help="where to write the traces")
     args = parser.parse_args()
     for name in args.sets.split(","):
         if name not in SETS:
             parser.error(f"unknown set {name!r}; choose from {', '.join(SETS)}")
         start = time.perf_counter()
-        out = record(name, tokens=args.tokens, model=args.model)
+        out = record(name, tokens=args.tokens, model=args.model, out=args.out)
         print(f"{name}: wrote {out} in {time.perf_counter() - start:.0f} s")
     return 0
 
