@@ -58,11 +58,11 @@ def test_out_of_range_ids_are_refused():
 
 def test_recorder_keeps_predictions_for_the_next_step_of_a_layer(tmp_path):
     rec = TraceRecorder([8, 8], top_k=2)
-    rec(0, np.array([[0, 1]]))
+    rec.on_step(0, np.array([[0, 1]]))
     rec.predicted(1, np.array([5, 3, 5]))
-    rec(1, np.array([[3, 4]]))
-    rec(0, np.array([[2, 3]]))
-    rec(1, np.array([[6, 7]]))  # no prediction for this one
+    rec.on_step(1, np.array([[3, 4]]))
+    rec.on_step(0, np.array([[2, 3]]))
+    rec.on_step(1, np.array([[6, 7]]))  # no prediction for this one
     trace = rec.trace()
     assert trace.layers[0].predicted is None
     assert trace.layers[1].predicted.tolist() == [[3, 5], [-1, -1]]
