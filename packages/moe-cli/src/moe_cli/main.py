@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, chat, generate, inspect, pack, profile, serve
+from . import bench, chat, generate, inspect, pack, profile, serve, verify
 
 app = typer.Typer(
     name="moe",
@@ -28,6 +28,7 @@ app.add_typer(profile.app, name="profile")
 app.command("inspect")(inspect.inspect)
 app.command("bench")(bench.bench)
 app.command("pack")(pack.pack)
+app.command("verify")(verify.verify)
 
 if __name__ == "__main__":
     app()

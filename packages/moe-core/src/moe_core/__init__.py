@@ -11,7 +11,8 @@ The public surface is what an embedding stack needs:
 - `offload` and the `OffloadHandle` it returns (stats, resident sets, pins, observers), the
   choices it takes (`MISS_MODES`, `POLICIES`) and the `ExpertCache` its layers (and the profile
   simulator) run;
-- `pack` and `PACK_NAME`, the packed expert layout;
+- `pack`, `verify_pack` and `PACK_NAME`, the packed expert layout (a CRC-32C per record, checked
+  when a record is first read);
 - the errors, all `MoEError`s.
 Everything else is private (`_name.py`).
 """
@@ -24,7 +25,7 @@ from ._geometry import Geometry, describe
 from ._handle import OffloadHandle
 from ._miss import MISS_MODES
 from ._offload import offload
-from ._pack import PACK_NAME, pack
+from ._pack import PACK_NAME, pack, verify_pack
 from ._plan import Plan, plan_budget
 from ._policy import POLICIES
 from ._size import parse_size
@@ -52,4 +53,5 @@ __all__ = [
     "pack",
     "parse_size",
     "plan_budget",
+    "verify_pack",
 ]

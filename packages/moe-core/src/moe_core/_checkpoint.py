@@ -69,6 +69,8 @@ class BankMap:
     num_experts: int
     params: tuple[ParamMap, ...]
     contiguous: bool = field(init=False)  # each expert's params back to back in one file
+    # [E] CRC-32C of each expert's record, where the source keeps one (the packed layout)
+    checksums: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         first, offsets, contiguous = self.params[0], self.params[0].offsets, True

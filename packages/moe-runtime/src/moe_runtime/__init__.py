@@ -14,9 +14,11 @@ from ._oneshot import generate, stream_generate
 from ._resolve import ModelNotFoundError, resolve_model
 from ._session import Session
 from ._stops import StopText
+from ._verify import FileCheck, verify
 from ._warm import WarmStartWarning, default_cache_dir
 
 __all__ = [
+    "FileCheck",
     "KVPlan",
     "ModelLoadError",
     "ModelNotFoundError",
@@ -30,4 +32,5 @@ __all__ = [
     "plan_kv",
     "resolve_model",
     "stream_generate",
+    "verify",
 ]
