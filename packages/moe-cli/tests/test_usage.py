@@ -111,6 +111,7 @@ def test_piped_pack_and_profile_print_one_line_each(tmp_path, checkpoint):
     model = tmp_path / ("model-with-a-long-name-" * 4)
     shutil.copytree(checkpoint, model)
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # no warm state from other tests: no warning
     packed = subprocess.run(
         [sys.executable, "-m", "moe_cli.main", "pack", str(model)],
         capture_output=True,
@@ -125,7 +126,7 @@ def test_piped_pack_and_profile_print_one_line_each(tmp_path, checkpoint):
     args = ["profile", str(model), "--prompts", str(prompts), "--tokens", "2"]
     args += ["--out", str(tmp_path / "p.json"), "--capacity", "4"]
     profiled = subprocess.run(
-        [sys.executable, "-m", "moe_cli.main", *args], capture_output=True, text=True
+        [sys.executable, "-m", "moe_cli.main", *args], capture_output=True, text=True, env=env
     )
     assert profiled.returncode == 0, profiled.stderr
     assert profiled.stderr.startswith("profile of "), repr(profiled.stderr)
