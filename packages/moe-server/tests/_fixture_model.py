@@ -8,3 +8,4 @@ NUM_EXPERTS = 8
 TOP_K = 2
 NUM_LAYERS = 2
 CAPACITY = 4  # expert slots per layer the server tests' session keeps: half of them
+CONTEXT = 1500  # the session's max_context: prompt and answer together

@@ -18,7 +18,7 @@ from moe_runtime import Session
 from moe_server import create_app
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _fixture_model import CAPACITY, NUM_EXPERTS, NUM_LAYERS, TOP_K
+from _fixture_model import CAPACITY, CONTEXT, NUM_EXPERTS, NUM_LAYERS, TOP_K
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,13 @@ def model_path(moe_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def provider(model_path, tmp_path_factory):
     """The real runtime, offloaded: fewer expert slots per layer than the layer has experts."""
-    session = Session(model_path, capacity=CAPACITY, cache_dir=tmp_path_factory.mktemp("cache"))
+    # The context lowered as `--max-context` does, so long-prompt tests stay short.
+    session = Session(
+        model_path,
+        capacity=CAPACITY,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        max_context=CONTEXT,
+    )
     assert all(
         c < e for c, e in zip(session.handle.capacity, session.handle.num_experts, strict=True)
     )
@@ -87,4 +93,4 @@ def serve_app():
 
 @pytest.fixture(scope="session")
 def server(serve_app, provider) -> RunningServer:
-    return serve_app(provider, max_input_tokens=1500, max_body_bytes=200_000)
+    return serve_app(provider, max_body_bytes=200_000)

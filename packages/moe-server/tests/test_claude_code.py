@@ -37,7 +37,7 @@ def agent_server(serve_app, provider):
         provider, [f"<tool_call>\n{json.dumps(call)}\n</tool_call>", ANSWER]
     )
     # Claude Code's prompt, tools included, is tens of thousands of tokens.
-    server = serve_app(scripted, max_input_tokens=200_000, max_body_bytes=4 * 1024 * 1024)
+    server = serve_app(scripted, max_body_bytes=4 * 1024 * 1024)
     return scripted, server
 
 
@@ -100,7 +100,7 @@ def test_live_claude_code_runs_a_tool_and_answers(serve_app, provider, tmp_path)
     scripted = ScriptedProvider(
         provider, [f"<tool_call>\n{json.dumps(call)}\n</tool_call>", ANSWER]
     )
-    server = serve_app(scripted, max_input_tokens=200_000, max_body_bytes=4 * 1024 * 1024)
+    server = serve_app(scripted, max_body_bytes=4 * 1024 * 1024)
     env = {
         **os.environ,
         "ANTHROPIC_BASE_URL": server.url,

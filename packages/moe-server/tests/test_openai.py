@@ -203,6 +203,6 @@ def test_tool_call_cut_by_max_tokens_finishes_cleanly(tool_server):
 def test_models_report_the_context_length(client, provider, server):
     model = client.models.retrieve(provider.model_id)
     assert model.id == provider.model_id and model.object == "model"
-    # The server's prompt limit (1500 in these tests) or the session's context, whichever is less.
-    assert model.context_length == model.max_model_len == min(provider.kv.max_context, 1500)
+    # The session's one context limit (lowered to 1500 in these tests, as --max-context does).
+    assert model.context_length == model.max_model_len == provider.max_context == 1500
     assert client.models.list().data[0].context_length == model.context_length

@@ -50,12 +50,15 @@ def serve(
             help="Tokens a request generates when it does not say how many (default: 512).",
         ),
     ] = None,
-    max_input_tokens: Annotated[
+    max_context: Annotated[
         int | None,
         typer.Option(
-            "--max-input-tokens",
+            "--max-context",
             min=1,
-            help="Longest prompt accepted, in tokens (default: 32768).",
+            help=(
+                "Context limit in tokens, prompt and answer together (default: the model's "
+                "positions, or what an eighth of the memory budget holds)."
+            ),
             show_default=False,
         ),
     ] = None,
@@ -89,12 +92,13 @@ def serve(
             policy=policy,
             miss=miss,
             kv_bits=kv_bits,
+            max_context=max_context,
         )
     with session:
         if disk_mbps is None:
             disk_mbps = measure_disk_for(session)
         announce(session, host, port, disk_mbps)
-        limits = {"max_tokens_default": max_tokens, "max_input_tokens": max_input_tokens}
+        limits = {"max_tokens_default": max_tokens}
         # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found;
         # finding one that ignores it lets a clean shutdown end with exit code 0.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -145,5 +149,6 @@ def announce(session, host: str, port: int, disk_mbps: float | None = None) -> N
     err_console.print(f"  memory budget: {memory} ({budget.backend})")
     mode = "exact" if handle.miss == "exact" else f"{handle.miss} (LOSSY)"
     err_console.print(f"  mode: {mode}")
+    err_console.print(f"  context: {session.max_context} tokens ({session.kv.reason})")
     if disk_mbps is not None:
         err_console.print(f"  disk: {disk_mbps:.0f} MB/s reading experts")

@@ -9,8 +9,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ._engine import Engine, RequestError, read_json
+from ._engine import Engine
 from ._reasoning import Reasoning
+from ._request import ContextTooLong, RequestError, read_json
 from ._text import ToolCall
 from ._validate import (
     arguments_object,
@@ -41,7 +42,8 @@ def error_body(kind: str, message: str) -> dict:
 
 
 def error_response(e: RequestError) -> JSONResponse:
-    return JSONResponse(error_body(e.kind, e.message), status_code=e.status)
+    message = e.anthropic_message if isinstance(e, ContextTooLong) else e.message
+    return JSONResponse(error_body(e.kind, message), status_code=e.status)
 
 
 def overloaded_response() -> JSONResponse:

@@ -135,7 +135,6 @@ def create_app(
     *,
     api_key: str | None = None,
     max_queue: int = 8,
-    max_input_tokens: int = 32768,
     max_tokens_default: int = 512,
     max_body_bytes: int = 4 * 1024 * 1024,
     disk_mb_s: float | None = None,
@@ -155,7 +154,6 @@ def create_app(
         provider,
         Limits(
             max_queue=max_queue,
-            max_input_tokens=max_input_tokens,
             max_tokens_default=max_tokens_default,
             max_body_bytes=max_body_bytes,
         ),
@@ -164,7 +162,7 @@ def create_app(
     live = LiveFeed(
         engine.worker,
         model=provider.model_id,
-        limits={"max_tokens_default": max_tokens_default, "max_input_tokens": max_input_tokens},
+        limits={"max_tokens_default": max_tokens_default, "max_context": engine.context_length()},
         disk_mb_s=disk_mb_s,
     )
 

@@ -1,10 +1,9 @@
-"""What both APIs share: limits, request errors, and running one generation through the worker."""
+"""What the APIs share: limits, and running one generation through the worker."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,102 +15,25 @@ from starlette.requests import Request
 from ._metrics import Metrics
 from ._provider import Provider
 from ._reasoning import opens_thinking, splitter_for
+from ._request import ContextTooLong, RequestError
 from ._text import ToolScanner
 from ._worker import Failure, Finish, Job, Worker
 
 
 @dataclass(slots=True, frozen=True)
 class Limits:
+    """The server's own limits; the context limit is the provider's (`max_context`)."""
+
     max_queue: int = 8
-    max_input_tokens: int = 32768
     max_tokens_default: int = 512
     max_body_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self):
-        for name in ("max_input_tokens", "max_tokens_default", "max_body_bytes"):
+        for name in ("max_tokens_default", "max_body_bytes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ValueError(f"max_queue must be a non-negative integer, got {self.max_queue!r}")
-
-
-class RequestError(Exception):
-    """A request the server will not run; each API renders it in its own error shape."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        status: int = 400,
-        kind: str = "invalid_request_error",
-        code: str | None = None,
-    ):
-        super().__init__(message)
-        self.message, self.param, self.status, self.kind, self.code = (
-            message,
-            param,
-            status,
-            kind,
-            code,
-        )
-
-
-async def read_json(request: Request, limit: int) -> dict:
-    """The request body as a JSON object, refusing bodies over `limit` bytes before reading them."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise RequestError(
-            f"request body is {length} bytes; the limit is {limit}",
-            status=413,
-            kind="request_too_large",
-        )
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(
-                f"request body exceeds the limit of {limit} bytes",
-                status=413,
-                kind="request_too_large",
-            )
-    too_deep = RequestError(f"request body nests deeper than {MAX_DEPTH} levels")
-    try:
-        data = json.loads(body, parse_constant=_not_json)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(f"request body is not valid JSON: {e}") from None
-    except RecursionError:  # Python's parser gives up near its recursion limit
-        raise too_deep from None
-    if _depth(data) > MAX_DEPTH:
-        raise too_deep
-    if not isinstance(data, dict):
-        raise RequestError("request body must be a JSON object")
-    return data
-
-
-def _not_json(name: str) -> None:
-    """Python's parser takes NaN and Infinity, which JSON has not (and answers could not echo)."""
-    raise RequestError(f"request body is not valid JSON: {name} is not a JSON number")
-
-
-# Deeper than any real request (a tool's JSON schema) and far from Python's recursion limit, which
-# the chat template's rendering and `json.dumps` would reach.
-MAX_DEPTH = 64
-
-
-def _depth(value: Any) -> int:
-    """How deeply arrays and objects nest in `value`, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            if depth <= MAX_DEPTH:
-                stack.extend(
-                    (child, depth + 1)
-                    for child in (item.values() if isinstance(item, dict) else item)
-                )
-    return deepest
 
 
 class Engine:
@@ -161,12 +83,12 @@ class Engine:
     ) -> int:
         return len(await self.encode(prompt, tools, template))
 
-    def context_length(self) -> int:
-        """The longest prompt this server takes: its own limit, or the model's if smaller."""
-        model_limit = getattr(getattr(self.provider, "kv", None), "max_context", None)
-        if isinstance(model_limit, int) and model_limit > 0:
-            return min(model_limit, self.limits.max_input_tokens)
-        return self.limits.max_input_tokens
+    def context_length(self) -> int | None:
+        """The one context limit, prompt and answer together: the provider's `max_context`
+        (the session's, from the model's positions and the memory budget), or None when the
+        provider sets none."""
+        limit = getattr(self.provider, "max_context", None)
+        return limit if isinstance(limit, int) and limit > 0 else None
 
     async def grammar(
         self,
@@ -240,25 +162,23 @@ class Engine:
         template: dict | None = None,
         grammar: str | None = None,
         logprobs: int | None = None,
+        field: str = "messages",
     ) -> Job:
         """Check the prompt length and queue the generation (raises Overloaded when full).
 
         `template`: chat template keyword arguments (enable_thinking), None for a raw
         completion whose text is not split into reasoning and answer; `grammar`: from
         `grammar()`, constrains the output; `logprobs`: None for none, else how many of the
-        most likely tokens to report beside each chosen one."""
+        most likely tokens to report beside each chosen one; `field`: the request field that
+        holds the prompt, named by a prompt too long for the context."""
         scanner = self.tool_scanner(tools)
         chat = template is not None  # raw completions keep every character, markers too
         template = template or {}
         ids = await self.encode(prompt, tools, template)
         prompt_tokens = len(ids)
-        if prompt_tokens > self.limits.max_input_tokens:
-            raise RequestError(
-                f"the prompt is {prompt_tokens} tokens; this server accepts at most "
-                f"{self.limits.max_input_tokens}",
-                param="messages",
-                code="context_length_exceeded",
-            )
+        limit = self.context_length()
+        if limit is not None and prompt_tokens >= limit:  # no room for one token of answer
+            raise ContextTooLong(prompt_tokens, limit, param=field)
         if sampling.get("top_k", 0) >= self.vocab_size:  # mlx-lm refuses it; it keeps every token
             sampling = {**sampling, "top_k": 0}
         if tools:

@@ -11,9 +11,9 @@ from starlette.responses import JSONResponse, Response
 from ._engine import Engine
 
 
-def model_object(engine: Engine, model_id: str | None = None) -> dict:
+def model_object(engine: Engine) -> dict:
     """The loaded model (which answers any model name a request gives) in both APIs' shapes."""
-    name = model_id or engine.provider.model_id
+    name = engine.provider.model_id
     context = engine.context_length()
     return {
         # OpenAI
@@ -27,7 +27,8 @@ def model_object(engine: Engine, model_id: str | None = None) -> dict:
         "created_at": datetime.datetime.fromtimestamp(engine.created, datetime.UTC)
         .isoformat()
         .replace("+00:00", "Z"),
-        # The prompt length it takes, under the names clients look for (vLLM, llama.cpp, LM Studio).
+        # The one context limit (prompt and answer together), under the names clients look for
+        # (OpenRouter, vLLM, LM Studio, Anthropic).
         "context_length": context,
         "max_model_len": context,
         "max_context_length": context,
@@ -50,5 +51,6 @@ async def models(request: Request) -> Response:
 
 
 async def model(request: Request) -> Response:
+    """Any name: the model that would answer a request naming it, under its own id."""
     engine: Engine = request.app.state.engine
-    return JSONResponse(model_object(engine, request.path_params["model_id"]))
+    return JSONResponse(model_object(engine))

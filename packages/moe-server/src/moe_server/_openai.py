@@ -10,9 +10,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ._engine import Engine, RequestError, read_json
+from ._engine import Engine
 from ._openai_options import Options, parse_options
 from ._reasoning import Reasoning
+from ._request import RequestError, read_json
 from ._text import ToolCall
 from ._validate import (
     arguments_object,
@@ -184,6 +185,7 @@ async def _start(request: Request, *, chat: bool):
             template=options.template if chat else None,
             grammar=await engine.constraint(options.output, tools, forced, param="response_format"),
             logprobs=options.logprobs,
+            field="messages" if chat else "prompt",
         )
     except RequestError as e:
         return None, error_response(e)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._engine import Engine, RequestError
+from ._engine import Engine
+from ._request import RequestError
 from ._validate import effort_thinking, get, positive_int, sampling, string_list, template_kwargs
 
 MAX_TOP_LOGPROBS = 20

@@ -15,7 +15,8 @@ class Provider(Protocol):
     `.prompt_tokens`, `.generation_tokens`, `.generation_tps`, `.finish_reason`) and stops
     generating when the server closes the iterator. The server also passes `cancelled`, a
     function a provider may ask during a long prefill (it returns True once the client has gone;
-    the iterator may then end without a token).
+    the iterator may then end without a token). A provider with a `max_context` attribute
+    (tokens, prompt and answer together) has prompts that leave no room refused up front.
     """
 
     model_id: str

@@ -15,9 +15,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ._engine import Engine, RequestError, read_json
+from ._engine import Engine
 from ._openai import convert_messages, error_body, error_response, overloaded_response
 from ._openai_options import response_format as chat_response_format
+from ._request import RequestError, read_json
 from ._response_events import Run, new_id
 from ._validate import effort_thinking, get, positive_int, sampling, template_kwargs, text_of
 from ._worker import Overloaded
@@ -198,6 +199,7 @@ async def create(request: Request) -> Response:
             sampling=sampling(body, max_tokens=max_tokens),
             template=template,
             grammar=grammar,
+            field="input",
         )
     except RequestError as e:
         return error_response(e)

@@ -15,7 +15,7 @@ import llguidance
 import mlx.core as mx
 import numpy as np
 
-from ._engine import RequestError
+from ._request import RequestError
 
 # One line, Python's json.dumps separators: whitespace a model could repeat forever is not
 # offered (llguidance's default allows any run of whitespace between JSON tokens).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ._engine import RequestError
+from ._request import RequestError
 
 _JSON_TYPES = {
     dict: "an object",
