@@ -59,12 +59,16 @@ def _error(path: str, status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse({"error": _openai.error_body(message, kind)}, status_code=status)
 
 
-# Paths that need the API key when one is set; the page (`/`, `/static`) holds no data.
-KEYED = ("/v1", "/live/")
+# What answers without the API key when one is set: the page (`/`, `/static/...`), which holds no
+# data and asks for the key itself, and `/health`, which then says only that the server is alive.
+# Every other path, a route added later included, needs the key.
+OPEN = frozenset({"/", "/health"})
+OPEN_PREFIXES = ("/static/",)
 
 
 class _Guard:
-    """API-key check on /v1 and per-request metrics, as plain ASGI so streams pass through."""
+    """API-key check and per-request metrics, as plain ASGI so streams pass through. Sets
+    `request.state.authorized` for the routes that show more to a client with the key."""
 
     def __init__(self, app: ASGIApp, *, api_key: str | None, engine: Engine):
         self.app, self.api_key, self.engine = app, api_key, engine
@@ -73,7 +77,9 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if self.api_key and path.startswith(KEYED) and not self._authorized(scope):
+        authorized = not self.api_key or self._authorized(scope)
+        scope.setdefault("state", {})["authorized"] = authorized
+        if not authorized and path not in OPEN and not path.startswith(OPEN_PREFIXES):
             response = _error(path, 401, "authentication_error", "invalid or missing API key")
             self.engine.metrics.request(path, 401)
             return await response(scope, receive, send)
@@ -95,6 +101,10 @@ class _Guard:
 
 
 async def _health(request: Request) -> Response:
+    """Liveness for anyone; the model and the queue only for a client with the key (or when
+    no key is set)."""
+    if not getattr(request.state, "authorized", False):
+        return JSONResponse({"status": "ok"})
     engine: Engine = request.app.state.engine
     return JSONResponse(
         {
