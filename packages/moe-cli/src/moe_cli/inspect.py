@@ -4,9 +4,6 @@ running it: the model is loaded lazily and only its config and safetensors heade
 from __future__ import annotations
 
 import json
-import os
-import random
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -26,8 +23,6 @@ from ._common import (
 # Hit rates assumed when no profile is known for the model: what LFUDA reaches on real routing
 # at small-to-middling capacities; a uniform router would do worse, a skewed one better.
 ASSUMED_HIT_RATES = (0.5, 0.9)
-# How long the disk read test may take.
-DISK_TEST_SECONDS = 0.5
 
 # Config keys that announce always-on shared experts, and how to count them.
 _SHARED_KEYS = ("n_shared_experts", "num_shared_experts", "shared_expert_intermediate_size")
@@ -125,6 +120,8 @@ def build_report(
     report["profile"] = known and {"source": known["source"]}
 
     if disk_mbps is None:
+        from ._disk import measure_disk
+
         disk_mbps = measure_disk(geometry.banks)
         report["disk"] = {"mb_per_s": disk_mbps, "measured": True}
     else:
@@ -157,31 +154,6 @@ def predict(geometry, capacity: list[int], disk_mbps: float, profile: dict | Non
         "mb_read_per_token": [b / 1e6 for b in per_token],
         "tok_s": [disk_mbps * 1e6 / b if b > 0 else None for b in per_token],
     }
-
-
-def measure_disk(banks, seconds: float = DISK_TEST_SECONDS) -> float:
-    """MB/s reading whole experts at random from the checkpoint, as the expert store does (pread),
-    after asking the kernel to drop those pages so the page cache does not flatter the disk."""
-    rng = random.Random(0)
-    handles: dict[Path, int] = {}
-    total, start = 0, time.perf_counter()
-    try:
-        while time.perf_counter() - start < seconds:
-            bank = rng.choice(banks)
-            expert = rng.randrange(bank.num_experts)
-            for param in bank.params:
-                file = param.files[expert]
-                if file not in handles:
-                    handles[file] = os.open(file, os.O_RDONLY)
-                fd, offset = handles[file], int(param.offsets[expert])
-                if hasattr(os, "posix_fadvise"):
-                    os.posix_fadvise(fd, offset, param.nbytes, os.POSIX_FADV_DONTNEED)
-                total += len(os.pread(fd, param.nbytes, offset))
-        elapsed = time.perf_counter() - start
-    finally:
-        for fd in handles.values():
-            os.close(fd)
-    return total / elapsed / 1e6
 
 
 def _known_profile(fingerprint: str, path: Path | None) -> dict | None:

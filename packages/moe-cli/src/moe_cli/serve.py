@@ -128,7 +128,7 @@ def check_port(host: str, port: int) -> None:
 
 def measure_disk_for(session) -> float | None:
     """The disk's read speed for this checkpoint's experts (as `moe inspect` measures it)."""
-    from .inspect import measure_disk
+    from ._disk import measure_disk
 
     try:
         return measure_disk([layer.map for layer in session.handle.layers])

@@ -54,7 +54,13 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     model = Path(cfg.model) if cfg.model else bench_checkpoint(cfg.spec, cache, log=log)
     config = json.loads((model / "config.json").read_text())
     num_experts = config["num_experts"]
-    sizes = _sizes(model)
+    geometry = _geometry(model)
+    sizes = {
+        "experts": sum(
+            e * b for e, b in zip(geometry.num_experts, geometry.expert_bytes, strict=True)
+        ),
+        "dense": geometry.dense_bytes,
+    }
     doc = {
         "machine": S.machine(),
         "checkpoint": _describe(model, cfg, config, sizes),
@@ -77,7 +83,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         "ceiling": "mlx-lm (resident) runs without a cap: it holds every expert",
     }
     log("measuring the raw disk ...")
-    doc["disk"] = S.disk_speed(model)
+    doc["disk"] = S.disk_speed(model, list(geometry.banks))
 
     runs, extra_paths, envs = _plan(cfg, model, cache, num_experts, doc, log)
     results: dict[tuple, list[dict]] = {}
@@ -235,11 +241,13 @@ def targets(doc: dict) -> dict:
     return out  # fmt: skip
 
 
-def _sizes(model: Path) -> dict:
-    table = S.safetensors_tensors(model)
-    experts = sum(n for name, (_, _, n, _) in table.items() if ".switch_mlp." in name)
-    total = sum(n for _, _, n, _ in table.values())
-    return {"experts": experts, "dense": total - experts}
+def _geometry(model: Path):
+    """moe-core's reading of the checkpoint's headers: expert and non-expert bytes, bank maps."""
+    from mlx_lm.utils import load_model
+
+    import moe_core
+
+    return moe_core.describe(load_model(model, lazy=True)[0], model)
 
 
 def _describe(model: Path, cfg: BenchConfig, config: dict, sizes: dict) -> dict:

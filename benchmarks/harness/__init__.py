@@ -1,4 +1,5 @@
-"""The `moe bench` harness (private): bench checkpoints, fair cold runs, targets as JSON."""
+"""The competitor harness of benchmarks/bench.py: bench checkpoints, fair cold runs of moe, the
+unmodified mlx-lm model and BigRig, targets as JSON."""
 
 from ._checkpoint import QWEN3_CODER_NEXT, BenchSpec, bench_checkpoint
 from ._harness import BenchConfig, run_bench, targets

@@ -8,11 +8,8 @@ import contextlib
 import json
 import os
 import platform
-import random
-import struct
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -104,63 +101,23 @@ def run_child(argv: list[str], procs: Path | None, env: dict | None = None, time
     }
 
 
-def safetensors_tensors(path: Path) -> dict:
-    """{tensor name: (file, absolute offset, nbytes, shape)} over a checkpoint's shards."""
-    table = {}
-    for f in sorted(Path(path).glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for name, t in header.items():
-            if name == "__metadata__":
-                continue
-            a, b = t["data_offsets"]
-            table[name] = (f, 8 + n + a, b - a, t["shape"])
-    return table
+def disk_speed(path: Path, banks, *, threads: int = 4) -> dict:
+    """The raw disk on the checkpoint's own files, cold: expert-sized random reads with one
+    thread and with `threads` (the readers moe uses), by the probe `moe inspect` and `moe bench`
+    use, and sequential MB/s."""
+    from moe_cli._disk import measure_disk
 
-
-def disk_speed(path: Path, *, experts: int = 128, threads: int = 4, seed: int = 0) -> dict:
-    """The raw disk on the checkpoint's own files, cold: sequential MB/s, and expert-sized random
-    reads (each expert's slices of every expert tensor, as read from the checkpoint layout) with
-    one thread and with `threads` (the readers moe uses)."""
-    table = safetensors_tensors(path)
-    banks: dict[str, list] = {}
-    for name, (f, off, nbytes, shape) in table.items():
-        if ".switch_mlp." in name:
-            banks.setdefault(name.split(".switch_mlp.")[0], []).append((f, off, nbytes, shape[0]))
-    reads = []
-    rng = random.Random(seed)
-    keys = sorted(banks)
-    for _ in range(experts):
-        bank = banks[rng.choice(keys)]
-        e = rng.randrange(bank[0][3])
-        reads.append([(f, off + e * (n // num), n // num) for f, off, n, num in bank])
-    expert_bytes = sum(n for _, _, n in reads[0])
-    fds = {f: os.open(f, os.O_RDONLY) for f in {r[0] for rs in reads for r in rs}}
-    try:
-
-        def read_expert(parts):
-            for f, off, n in parts:
-                os.pread(fds[f], n, off)
-
-        result = {"expert_bytes": expert_bytes, "experts_sampled": experts}
-        for label, workers in (("random_1_thread", 1), (f"random_{threads}_threads", threads)):
-            drop_cache([path])
-            start = time.perf_counter()
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(read_expert, reads))
-            result[f"{label}_mb_s"] = experts * expert_bytes / (time.perf_counter() - start) / 1e6
-        drop_cache([path])
-        total, start, limit = 0, time.perf_counter(), 2 << 30
-        for f in files_of(path):
-            with open(f, "rb", buffering=0) as fh:
-                while total < limit and (chunk := fh.read(8 << 20)):
-                    total += len(chunk)
-        result["sequential_mb_s"] = total / (time.perf_counter() - start) / 1e6
-        result["sequential_bytes"] = total
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    result = {"expert_bytes": banks[0].expert_bytes}
+    for label, workers in (("random_1_thread", 1), (f"random_{threads}_threads", threads)):
+        result[f"{label}_mb_s"] = measure_disk(banks, 2.0, threads=workers)
+    drop_cache([path])
+    total, start, limit = 0, time.perf_counter(), 2 << 30
+    for f in files_of(path):
+        with open(f, "rb", buffering=0) as fh:
+            while total < limit and (chunk := fh.read(8 << 20)):
+                total += len(chunk)
+    result["sequential_mb_s"] = total / (time.perf_counter() - start) / 1e6
+    result["sequential_bytes"] = total
     return result
 
 
