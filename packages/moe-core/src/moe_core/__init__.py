@@ -13,10 +13,12 @@ The public surface is what an embedding stack needs:
   simulator) run;
 - `pack`, `verify_pack` and `PACK_NAME`, the packed expert layout (a CRC-32C per record, checked
   when a record is first read);
+- `atomic_write`, how moe writes the files it reads back (all or nothing);
 - the errors, all `MoEError`s.
 Everything else is private (`_name.py`).
 """
 
+from ._atomic import atomic_write
 from ._backend import Backend, CPUBackend, CUDABackend, MetalBackend, detect_backend
 from ._cache import ExpertCache
 from ._checkpoint import fingerprint
@@ -46,6 +48,7 @@ __all__ = [
     "OffloadHandle",
     "Plan",
     "UnsupportedModelError",
+    "atomic_write",
     "describe",
     "detect_backend",
     "fingerprint",

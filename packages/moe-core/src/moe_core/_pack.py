@@ -11,7 +11,6 @@ record's CRC-32C the first time it reads it; `verify_pack` checks them all.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,6 +19,7 @@ from pathlib import Path
 import mlx.nn as nn
 import numpy as np
 
+from ._atomic import atomic_write
 from ._checkpoint import BankMap, find_banks, fingerprint, map_checkpoint
 from ._errors import CheckpointError
 from ._store import ExpertStore, record_crc
@@ -92,10 +92,9 @@ def pack(
     header = json.dumps(layout).encode()
     total = layout["end"]
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     store = ExpertStore(maps, threads=threads)
     try:
-        with open(tmp, "wb") as f:
+        with atomic_write(out) as f:
             f.write(MAGIC + struct.pack("<Q", len(header)) + header)
             done = f.tell()
             for bank, entry in zip(maps, layout["banks"], strict=True):
@@ -121,12 +120,8 @@ def pack(
             assert len(final) <= len(header)  # each checksum has at most the draft's digits
             f.seek(0)
             f.write(MAGIC + struct.pack("<Q", len(final)) + final)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
     finally:
         store.close()
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -234,18 +232,11 @@ class Profile:
             raise ProfileError(f"{where}: malformed field ({type(e).__name__}: {e})") from None
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically: a temp file in the same directory, then `os.replace`."""
+        """Write atomically (`moe_core.atomic_write`): all of it, or the old file stays."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with moe_core.atomic_write(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+            f.write("\n")
         return path
 
     @classmethod

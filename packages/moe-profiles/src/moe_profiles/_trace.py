@@ -10,13 +10,13 @@ this layer's router), so policies that use the prediction can be replayed.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from moe_core import atomic_write
 
 from ._errors import TraceError
 
@@ -239,15 +239,8 @@ class Trace:
             arrays[f"offsets_{i}"] = layer.offsets
             if layer.predicted is not None:
                 arrays[f"predicted_{i}"] = layer.predicted
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            np.savez_compressed(f, **arrays)
         return path
 
     @classmethod

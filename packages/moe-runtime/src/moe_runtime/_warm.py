@@ -4,7 +4,7 @@ versions loads the most chosen experts, up to each layer's slots, before the fir
 
 Counts carry over from start to start, halved each time, so the warm set follows recent use.
 
-The file is written atomically (a temporary file in the same directory, then `os.replace`). A
+The file is written atomically (`moe_core.atomic_write`). A
 file that does not parse, or whose key does not match, means a cold start and one warning.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -20,6 +19,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+
+import moe_core
 
 FORMAT = 2
 _FORMATS = (1, 2)  # format 1 had the resident set only
@@ -161,17 +162,8 @@ def save_state(
         "counts": counts,
         "stats": stats,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with moe_core.atomic_write(path, "w") as f:
+        json.dump(data, f)
 
 
 def _check_counts(counts, num_experts: list[int]) -> None:
