@@ -14,6 +14,14 @@ in front of the server keeps every request and response; the JSON written to
 benchmarks/results/claude_code.json says, per turn, how many requests Claude Code made, their
 status codes, which tools the model called, whether a tool_result went back, and the answer.
 
+Until the demo model is agent-capable, `--tiny POSITIONS` serves instead a random-weight
+qwen3_moe from moe-testing (its chat template has Qwen's tool calls and thinking) with its
+positions raised to POSITIONS, enough for Claude Code's prompt (~54k tokens with that
+tokenizer's 512-token vocabulary). Such a model writes random tokens and never calls a tool on
+its own: that run shows every request accepted and each turn completed, not a tool executed.
+`--max-output-tokens N` sets Claude Code's CLAUDE_CODE_MAX_OUTPUT_TOKENS (its default asks for
+32000 tokens, which a random model fills up to the context).
+
 `record` answers Claude Code from a scripted fake (a Read call, then a text answer) and writes
 its first request and the follow-up that carries the tool_result as JSON fixtures, with
 machine-specific text (paths, user, OS version, ids) replaced by fixed stand-ins.
@@ -98,32 +106,42 @@ class Recorder(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         record = {
+            "status": 200,
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items() if k.lower() in KEPT_HEADERS},
             "body": json.loads(body or b"{}"),
         }
         self.records.append(record)
+        start = time.perf_counter()
         if self.upstream:
-            status, headers, data = self._forward(body)
+            data = self._forward(body)
         else:
-            status, headers, data = 200, {"content-type": "text/event-stream"}, self._script()
-        record["status"], record["response"] = status, data.decode("utf-8", "replace")
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            data = self._script()
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(data)
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        record["response"] = data.decode("utf-8", "replace")
 
-    def _forward(self, body: bytes) -> tuple[int, dict, bytes]:
+    def _forward(self, body: bytes) -> bytes:
+        """Pass the request on and stream the answer back as it comes (HTTP/1.0: the body
+        ends when the connection closes)."""
         host, port = self.upstream.rsplit(":", 1)
         connection = http.client.HTTPConnection(host, int(port), timeout=3600)
         headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
         connection.request("POST", self.path, body=body, headers=headers)
         response = connection.getresponse()
-        data = response.read()
-        kept = {"content-type": response.getheader("content-type", "application/json")}
-        return response.status, kept, data
+        self.records[-1]["status"] = response.status
+        self.send_response(response.status)
+        self.send_header("content-type", response.getheader("content-type", "application/json"))
+        self.end_headers()
+        data = bytearray()
+        while chunk := response.read1(65536):
+            data += chunk
+            self.wfile.write(chunk)
+            self.wfile.flush()
+        return bytes(data)
 
     def _script(self) -> bytes:
         """A Read call of the notes file first, a text answer once the tool_result is back."""
@@ -176,8 +194,11 @@ def start_recorder(upstream: str | None, notes: Path) -> tuple[ThreadingHTTPServ
     return server, records
 
 
-def claude(binary: str, url: str, project: Path, prompt: str, *more: str, timeout: int) -> dict:
+def claude(
+    binary: str, url: str, project: Path, prompt: str, *more: str, timeout: int, env=None
+) -> dict:
     env = {
+        **(env or {}),
         **os.environ,
         "ANTHROPIC_BASE_URL": url,
         "ANTHROPIC_API_KEY": "sk-dummy-key-for-a-local-server",
@@ -251,13 +272,31 @@ def summarize(records: list[dict]) -> dict:
     return {"requests": out}
 
 
+def tiny_model(positions: int, out: Path) -> Path:
+    """A moe-testing checkpoint whose config allows `positions` tokens (RoPE has no limit)."""
+    from moe_testing import CheckpointSpec, build_checkpoint
+
+    path = build_checkpoint(CheckpointSpec("qwen3_moe", num_layers=2, num_experts=8, top_k=2), out)
+    config = json.loads((path / "config.json").read_text())
+    config["max_position_embeddings"] = positions
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    return path
+
+
 def run(args) -> None:
     binary = claude_binary(args.claude)
     project = project_dir()
     port = args.port
+    model = args.model
     serve = [sys.executable, "-m", "moe_cli.main", "serve", "--port", str(port)]
-    serve += [args.model] if args.model else []
+    if args.tiny:
+        model = str(tiny_model(args.tiny, project / "model"))
+        serve += ["--max-input-tokens", str(args.tiny)]
+    serve += [model] if model else []
     serve += [*args.serve_args]
+    env = {}
+    if args.max_output_tokens:
+        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(args.max_output_tokens)
     log = open(project / "serve.log", "w")  # noqa: SIM115 - kept open while the server runs
     server_process = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -281,7 +320,7 @@ def run(args) -> None:
             ("Thanks. In one word, how many slots?", ("--continue",)),
         ):
             before = len(records)
-            result = claude(binary, url, project, prompt, *more, timeout=args.turn_timeout)
+            result = claude(binary, url, project, prompt, *more, timeout=args.turn_timeout, env=env)
             turns.append({"prompt": prompt, **result, **summarize(records[before:])})
         proxy.shutdown()
     finally:
@@ -289,8 +328,13 @@ def run(args) -> None:
         server_process.wait(30)
     report = {
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
-        "model": args.model or "demo",
+        "model": (
+            f"moe-testing qwen3_moe, random weights, {args.tiny} positions"
+            if args.tiny
+            else args.model or "demo"
+        ),
         "serve": ["moe", *serve[3:]],
+        "claude_env": env,
         "turns": turns,
         "tool_executed": any(t["tool_results_sent"] for turn in turns for t in turn["requests"]),
         "all_accepted": all(t["status"] == 200 for turn in turns for t in turn["requests"]),
@@ -309,6 +353,8 @@ def main() -> None:
     rec.add_argument("out")
     go = commands.add_parser("run", help="a two-turn session against moe serve")
     go.add_argument("--model", help="checkpoint folder (default: the demo model)")
+    go.add_argument("--tiny", type=int, metavar="POSITIONS", help="serve a random-weight model")
+    go.add_argument("--max-output-tokens", type=int, help="CLAUDE_CODE_MAX_OUTPUT_TOKENS")
     go.add_argument("--port", type=int, default=8791)
     go.add_argument("--json", default=str(ROOT / "benchmarks/results/claude_code.json"))
     go.add_argument("--startup-timeout", type=int, default=600)

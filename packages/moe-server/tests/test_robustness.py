@@ -288,3 +288,30 @@ def test_sixteen_clients_on_the_real_model_all_answered(serve_app, provider):
         )
     assert all(r.usage.completion_tokens == 4 for r in replies)
     assert httpx.get(server.url + "/health").json()["queue_depth"] == 0
+
+
+def test_slow_streams_are_kept_alive(serve_app, provider, monkeypatch):
+    """A long prefill sends nothing for minutes: streams carry keepalives meanwhile (Anthropic
+    `ping` events, SSE comments for OpenAI) that the official clients skip."""
+    from moe_server import _anthropic, _openai
+
+    monkeypatch.setattr(_anthropic, "KEEPALIVE_S", 0.05)
+    monkeypatch.setattr(_openai, "KEEPALIVE_S", 0.05)
+    scripted = ScriptedProvider(provider, ["Slow but sure."], delay=0.3)
+    server = serve_app(scripted)
+    body = {"model": "m", "max_tokens": 50, "messages": CHAT, "stream": True}
+    raw = httpx.post(server.url + "/v1/messages", json=body, timeout=30).text
+    assert raw.count("event: ping") > 2
+    with anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0).messages.stream(
+        model="m", max_tokens=50, messages=CHAT
+    ) as stream:
+        assert stream.get_final_message().content[0].text == "Slow but sure."
+    raw = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30).text
+    assert raw.count(": keepalive") > 2
+    chunks = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    text = "".join(
+        c.choices[0].delta.content or ""
+        for c in chunks.chat.completions.create(model="m", messages=CHAT, stream=True)
+        if c.choices
+    )
+    assert text == "Slow but sure."

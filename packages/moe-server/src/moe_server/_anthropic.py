@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ._engine import Engine
+from ._engine import KEEPALIVE_S, Engine, Idle
 from ._reasoning import Reasoning
 from ._request import ContextTooLong, RequestError, read_json
 from ._text import ToolCall
@@ -306,7 +306,10 @@ async def _stream(engine: Engine, job, message: dict):
         index, open_kind = index + 1, None
         return events
 
-    async for event in engine.events(job):
+    async for event in engine.events(job, keepalive=KEEPALIVE_S):
+        if isinstance(event, Idle):
+            yield _sse("ping", {})
+            continue
         if isinstance(event, str | Reasoning):
             kind = "text" if isinstance(event, str) else "thinking"
             if open_kind != kind:

@@ -8,8 +8,8 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ._engine import Engine
-from ._openai import FINISH, _sse, _start, _usage, error_body
+from ._engine import KEEPALIVE_S, Engine, Idle
+from ._openai import FINISH, KEEPALIVE_COMMENT, _sse, _start, _usage, error_body
 from ._openai_options import Options
 from ._worker import Failure, Finish, TokenLogprob
 
@@ -94,8 +94,10 @@ async def _completion_stream(engine: Engine, job, options: Options, meta: dict):
             }
         )
 
-    async for event in engine.events(job):
-        if isinstance(event, TokenLogprob):
+    async for event in engine.events(job, keepalive=KEEPALIVE_S):
+        if isinstance(event, Idle):
+            yield KEEPALIVE_COMMENT
+        elif isinstance(event, TokenLogprob):
             pending.append(event)
         elif isinstance(event, str):
             yield chunk(event)

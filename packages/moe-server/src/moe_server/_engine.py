@@ -200,8 +200,14 @@ class Engine:
         )
         return self.worker.submit(job)
 
-    async def events(self, job: Job, request: Request | None = None) -> AsyncIterator[Any]:
+    async def events(
+        self, job: Job, request: Request | None = None, *, keepalive: float | None = None
+    ) -> AsyncIterator[Any]:
         """The job's text pieces and tool calls, ending with a Finish or a Failure.
+
+        With `keepalive`, a stream also gets an `Idle` whenever that many seconds pass without
+        an event (a long prefill of an agent's prompt on a CPU takes minutes): each API sends
+        something its clients ignore, so neither they nor a proxy take the stream for dead.
 
         Leaving early (a streaming client that disconnects) cancels the generation in the
         worker. A non-streaming endpoint writes nothing until the end, so it passes its
@@ -213,7 +219,11 @@ class Engine:
             watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
         try:
             while True:
-                event = await job.events.get()
+                try:
+                    event = await asyncio.wait_for(job.events.get(), keepalive)
+                except TimeoutError:
+                    yield IDLE
+                    continue
                 if isinstance(event, Finish):
                     done = True
                     self.metrics.generation(event)
@@ -230,6 +240,14 @@ class Engine:
 
 
 DISCONNECT_POLL_S = 0.1
+KEEPALIVE_S = 10.0  # Anthropic's own API pings a stream about this often
+
+
+class Idle:
+    """No event for KEEPALIVE_S seconds."""
+
+
+IDLE = Idle()
 
 
 async def _cancel_on_disconnect(request: Request, job: Job) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ._engine import Engine
+from ._engine import KEEPALIVE_S, Engine, Idle
 from ._openai_options import Options, parse_options
 from ._reasoning import Reasoning
 from ._request import RequestError, read_json
@@ -24,6 +24,8 @@ from ._worker import Failure, Finish, Overloaded, TokenLogprob
 
 FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length", "tool_calls": "tool_calls"}
 RETRY_AFTER = "1"
+# An SSE comment: clients skip it; it only tells them (and proxies) the stream is alive.
+KEEPALIVE_COMMENT = ": keepalive\n\n"
 
 
 def error_response(e: RequestError) -> JSONResponse:
@@ -287,8 +289,10 @@ async def _chat_stream(engine: Engine, job, options: Options, meta: dict):
 
     yield chunk({"role": "assistant", "content": ""})
     index = 0
-    async for event in engine.events(job):
-        if isinstance(event, TokenLogprob):
+    async for event in engine.events(job, keepalive=KEEPALIVE_S):
+        if isinstance(event, Idle):
+            yield KEEPALIVE_COMMENT
+        elif isinstance(event, TokenLogprob):
             pending.append(logprob_entry(event))
         elif isinstance(event, str):
             yield chunk({"content": event})

@@ -17,6 +17,11 @@ class Provider(Protocol):
     function a provider may ask during a long prefill (it returns True once the client has gone;
     the iterator may then end without a token). A provider with a `max_context` attribute
     (tokens, prompt and answer together) has prompts that leave no room refused up front.
+
+    Requests that ask for them add `chat_template_kwargs` (to `stream` and `encode_prompt`),
+    `logits_processors` (mlx-lm's interface: a grammar's mask), `presence_penalty`,
+    `frequency_penalty` and `logit_bias`; `.logprobs` (the vocabulary's log probabilities) and
+    `.token` are read for `logprobs`.
     """
 
     model_id: str
@@ -24,6 +29,8 @@ class Provider(Protocol):
 
     def stream(self, prompt: Any, **sampling: Any) -> Iterator[Any]: ...
 
-    def encode_prompt(self, prompt: Any, tools: list[dict] | None = None) -> list[int]: ...
+    def encode_prompt(
+        self, prompt: Any, tools: list[dict] | None = None, **template: Any
+    ) -> list[int]: ...
 
     def stats(self) -> dict: ...

@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from ._engine import KEEPALIVE_S, Idle
 from ._reasoning import Reasoning
 from ._text import ToolCall
 from ._worker import Failure, Finish
@@ -39,8 +40,11 @@ class Run:
         self.response["status"] = "in_progress"
         yield self._event("response.created", response=self.response)
         yield self._event("response.in_progress", response=self.response)
-        async for event in self.engine.events(self.job, request):
-            if isinstance(event, str | Reasoning):
+        keepalive = None if request is not None else KEEPALIVE_S  # only a stream needs it
+        async for event in self.engine.events(self.job, request, keepalive=keepalive):
+            if isinstance(event, Idle):
+                yield ": keepalive\n\n"
+            elif isinstance(event, str | Reasoning):
                 kind = "message" if isinstance(event, str) else "reasoning"
                 if self._open is None or self._open["type"] != kind:
                     for e in self._close():
