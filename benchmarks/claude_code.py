@@ -20,7 +20,10 @@ positions raised to POSITIONS, enough for Claude Code's prompt (~54k tokens with
 tokenizer's 512-token vocabulary). Such a model writes random tokens and never calls a tool on
 its own: that run shows every request accepted and each turn completed, not a tool executed.
 `--max-output-tokens N` sets Claude Code's CLAUDE_CODE_MAX_OUTPUT_TOKENS (its default asks for
-32000 tokens, which a random model fills up to the context).
+32000 tokens, which a random model fills up to the context); `--tools Read` offers it only the
+Read tool (a prompt of ~8k instead of ~54k tokens: on this machine's CPU the unmodified mlx-lm
+model alone took 150 s to prefill 16k tokens of the tiny model). API_TIMEOUT_MS is raised to an
+hour: Claude Code otherwise abandons a request after 10 minutes.
 
 `record` answers Claude Code from a scripted fake (a Read call, then a text answer) and writes
 its first request and the follow-up that carries the tool_result as JSON fixtures, with
@@ -195,7 +198,14 @@ def start_recorder(upstream: str | None, notes: Path) -> tuple[ThreadingHTTPServ
 
 
 def claude(
-    binary: str, url: str, project: Path, prompt: str, *more: str, timeout: int, env=None
+    binary: str,
+    url: str,
+    project: Path,
+    prompt: str,
+    *more: str,
+    timeout: int,
+    env: dict | None = None,
+    tools: str | None = None,
 ) -> dict:
     env = {
         **(env or {}),
@@ -206,7 +216,8 @@ def claude(
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1",
     }
-    command = [binary, "-p", prompt, "--allowedTools", "Read", "--model", "moe", *more]
+    command = [binary, "-p", prompt, *(["--tools", tools] if tools is not None else [])]
+    command += ["--allowedTools", "Read", "--model", "moe", *more]
     start = time.perf_counter()
     done = subprocess.run(
         command, cwd=project, env=env, capture_output=True, text=True, timeout=timeout
@@ -263,6 +274,10 @@ def summarize(records: list[dict]) -> dict:
         out.append(
             {
                 "status": r["status"],
+                "seconds": r.get("seconds"),
+                "stop_reason": (
+                    re.findall(r'"stop_reason": ?"([a-z_]+)"', r["response"]) or [None]
+                )[-1],
                 "tools_called": called,
                 "tool_results_sent": len(results),
                 "stream": r["body"].get("stream"),
@@ -294,7 +309,8 @@ def run(args) -> None:
         serve += ["--max-input-tokens", str(args.tiny)]
     serve += [model] if model else []
     serve += [*args.serve_args]
-    env = {}
+    # Claude Code gives up on a request after 10 minutes; a CPU prefills its prompt slower.
+    env = {"API_TIMEOUT_MS": str(args.api_timeout_ms)}
     if args.max_output_tokens:
         env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(args.max_output_tokens)
     log = open(project / "serve.log", "w")  # noqa: SIM115 - kept open while the server runs
@@ -320,7 +336,16 @@ def run(args) -> None:
             ("Thanks. In one word, how many slots?", ("--continue",)),
         ):
             before = len(records)
-            result = claude(binary, url, project, prompt, *more, timeout=args.turn_timeout, env=env)
+            result = claude(
+                binary,
+                url,
+                project,
+                prompt,
+                *more,
+                timeout=args.turn_timeout,
+                env=env,
+                tools=args.tools,
+            )
             turns.append({"prompt": prompt, **result, **summarize(records[before:])})
         proxy.shutdown()
     finally:
@@ -333,7 +358,7 @@ def run(args) -> None:
             if args.tiny
             else args.model or "demo"
         ),
-        "serve": ["moe", *serve[3:]],
+        "serve": ["moe", *(("MODEL" if a == model and args.tiny else a) for a in serve[3:])],
         "claude_env": env,
         "turns": turns,
         "tool_executed": any(t["tool_results_sent"] for turn in turns for t in turn["requests"]),
@@ -355,6 +380,8 @@ def main() -> None:
     go.add_argument("--model", help="checkpoint folder (default: the demo model)")
     go.add_argument("--tiny", type=int, metavar="POSITIONS", help="serve a random-weight model")
     go.add_argument("--max-output-tokens", type=int, help="CLAUDE_CODE_MAX_OUTPUT_TOKENS")
+    go.add_argument("--tools", help="Claude Code's --tools (default: all 24 of its tools)")
+    go.add_argument("--api-timeout-ms", type=int, default=3_600_000, help="API_TIMEOUT_MS")
     go.add_argument("--port", type=int, default=8791)
     go.add_argument("--json", default=str(ROOT / "benchmarks/results/claude_code.json"))
     go.add_argument("--startup-timeout", type=int, default=600)

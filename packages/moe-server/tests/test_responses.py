@@ -188,3 +188,18 @@ def test_refusals_name_the_field(client, body, param):
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model="m", **body)
     assert caught.value.body["param"] == param
+
+
+def test_forced_function_call(client):
+    """tool_choice "required" on the real model: the grammar makes it call the tool."""
+    response = client.responses.create(
+        model="m",
+        input="Weather?",
+        tools=TOOLS,
+        tool_choice="required",
+        max_output_tokens=40,
+        reasoning={"effort": "none"},
+    )
+    [call] = response.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert isinstance(json.loads(call.arguments)["city"], str)
