@@ -306,7 +306,7 @@ def run(args) -> None:
     serve = [sys.executable, "-m", "moe_cli.main", "serve", "--port", str(port)]
     if args.tiny:
         model = str(tiny_model(args.tiny, project / "model"))
-        serve += ["--max-input-tokens", str(args.tiny)]
+        serve += ["--max-context", str(args.tiny)]
     serve += [model] if model else []
     serve += [*args.serve_args]
     # Claude Code gives up on a request after 10 minutes; a CPU prefills its prompt slower.
