@@ -211,6 +211,32 @@ def test_the_model_is_sampled_on_the_worker_thread_only_and_not_without_a_page(s
     assert set(calls) == {"moe-worker"}
 
 
+def test_a_slow_sample_stretches_the_interval(serve_app, provider):
+    """Sampling takes at most 1% of the worker's time: a sample of 20 ms waits 2 s for the next."""
+
+    class Slow(ScriptedProvider):
+        def stats(self) -> dict:
+            calls.append(time.monotonic())
+            time.sleep(0.02)
+            return super().stats()
+
+    calls: list[float] = []
+    server = serve_app(Slow(provider, delay=0.01))
+    events = Events(server.url)
+    try:
+        body = {"model": "m", "max_tokens": 400, "messages": CHAT}  # ~4 s of tokens
+        assert httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60).is_success
+        events.wait_for(lambda: any(t.get("requests") for t in events.ticks()))
+        spent = [t["sampling_s"] for t in events.ticks() if "sampling_s" in t]
+    finally:
+        events.close()
+    # At start, then during the job no sooner than 2 s after the previous, then after the job
+    # (that one is always taken).
+    gaps = np.diff(calls)
+    assert len(calls) >= 3 and (gaps[:-1] >= 2.0).all(), gaps
+    assert spent and spent[-1] >= 0.06
+
+
 def test_key_is_required_on_the_event_stream_not_on_the_page(serve_app, provider):
     server = serve_app(provider, api_key="sekrit")
     page = httpx.get(server.url + "/")
@@ -279,6 +305,7 @@ def _sample(seq, grid=None, **counters) -> Sample:
         peak_memory=None,
         grid=grid,
         stats={},
+        sampling_s=0.0,
         **base,
     )
 

@@ -110,6 +110,7 @@ class LiveFeed:
             if self._seen is not None:
                 point.update(rates(self._seen, sample))
             frame["memory"] = _memory(sample)
+            frame["sampling_s"] = _round(sample.sampling_s)
             heat = changed_grid(self._seen, sample)
             if heat is not None:
                 frame["heat"] = _b64(heat)

@@ -2,6 +2,8 @@
 
 The worker owns MLX, so everything that reads the model's state runs there: between two tokens,
 at most every `interval` seconds and only while a page is listening, and once after every job.
+A sample that takes long (many layers) stretches the interval, so that sampling takes at most
+`share` of the worker's time.
 A sample is counters the core already keeps (`provider.stats()`), the resident and pinned experts
 (`handle.resident()`, `handle.pinned()`: host-side tables, no device sync) and what this module
 counts itself with one clock read per token. The event loop only reads the latest sample.
@@ -41,6 +43,7 @@ class Sample:
     peak_memory: int | None
     grid: np.ndarray | None  # [layers, experts] uint8 cells, None without an offload handle
     stats: dict  # provider.stats() as it was
+    sampling_s: float  # time the worker spent taking samples, this one included
 
 
 @dataclass(slots=True)
@@ -58,6 +61,7 @@ class Sampler:
 
     provider: Any
     interval: float = 0.25
+    share: float = 0.01  # of the worker's time, at most, spent sampling while it generates
     listeners: int = 0
     latest: Sample | None = None
     requests: deque = field(default_factory=lambda: deque(maxlen=512))  # (id, record)
@@ -67,6 +71,8 @@ class Sampler:
     _seq: int = 0
     _requests: int = 0
     _sampled: float = 0.0
+    _cost: float = 0.0  # seconds the last sample took
+    _spent: float = 0.0
     _jobs: dict[int, _Job] = field(default_factory=dict)
 
     # -- called by the worker ----------------------------------------------------------------
@@ -84,7 +90,7 @@ class Sampler:
         state.last = now
         state.tokens += 1
         self._tokens += 1
-        if self.listeners and now - self._sampled >= self.interval:
+        if self.listeners and now - self._sampled >= max(self.interval, self._cost / self.share):
             self.sample(now)
 
     def end(self, job: Any, outcome: str) -> None:
@@ -110,7 +116,8 @@ class Sampler:
 
     def sample(self, now: float | None = None) -> Sample | None:
         """Read the provider's counters and resident sets; on the worker thread only."""
-        self._sampled = time.perf_counter() if now is None else now
+        start = time.perf_counter()
+        self._sampled = start if now is None else now
         try:
             stats = self.provider.stats() or {}
             grid = residency(self.provider)
@@ -118,6 +125,8 @@ class Sampler:
             log.exception("sampling the provider for the live page failed")
             return None
         session = stats.get("session") or {}
+        self._cost = time.perf_counter() - start
+        self._spent += self._cost
         self._seq += 1
         self.latest = Sample(
             seq=self._seq,
@@ -133,6 +142,7 @@ class Sampler:
             peak_memory=stats.get("peak_memory"),
             grid=grid,
             stats=stats,
+            sampling_s=self._spent,
         )
         return self.latest
 

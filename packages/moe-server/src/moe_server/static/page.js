@@ -154,6 +154,10 @@
     return [a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t];
   }
 
+  // Cells are painted one pixel each on a small canvas, which is then scaled up: the browser does
+  // the enlarging, so a redraw costs one pass over layers x experts, whatever the page's size.
+  const cellsCanvas = document.createElement('canvas');
+
   function heatDraw() {
     const { canvas, layers, experts, cw, ch, left, top } = heat;
     const ctx = canvas.getContext('2d');
@@ -164,38 +168,38 @@
       ctx.fillText('no offloaded experts to show', 8, 20);
       return false;
     }
+    if (cellsCanvas.width !== experts || cellsCanvas.height !== layers) {
+      cellsCanvas.width = experts;
+      cellsCanvas.height = layers;
+    }
+    const cellsCtx = cellsCanvas.getContext('2d');
+    const image = cellsCtx.createImageData(experts, layers);
+    const px = image.data;
     const now = performance.now();
     let fading = false;
-    const image = ctx.createImageData(experts * cw, layers * ch);
-    const px = image.data;
-    const rowStride = experts * cw * 4;
-    for (let l = 0; l < layers; l++) {
-      for (let e = 0; e < experts; e++) {
-        const i = l * experts + e;
-        const cell = heat.cells[i];
-        let color = cell === PAD ? COLORS.pad
-          : cell === PINNED ? COLORS.pinned
-            : cell & RESIDENT ? COLORS.resident : COLORS.absent;
-        const sinceRead = now - heat.readAt[i];
-        const sinceEvict = now - heat.evictAt[i];
-        if (heat.readAt[i] && sinceRead < FADE_MS && cell & RESIDENT) {
-          color = mix(COLORS.read, color, sinceRead / FADE_MS);
-          fading = true;
-        } else if (heat.evictAt[i] && sinceEvict < FADE_MS && !(cell & RESIDENT)) {
-          color = mix(COLORS.evicted, color, sinceEvict / FADE_MS);
-          fading = true;
-        }
-        // leave a one-pixel gap between cells when they are big enough to show it
-        const w = cw > 3 ? cw - 1 : cw, h = ch > 3 ? ch - 1 : ch;
-        for (let y = 0; y < h; y++) {
-          let o = (l * ch + y) * rowStride + e * cw * 4;
-          for (let x = 0; x < w; x++, o += 4) {
-            px[o] = color[0]; px[o + 1] = color[1]; px[o + 2] = color[2]; px[o + 3] = 255;
-          }
-        }
+    for (let i = 0, o = 0; i < heat.cells.length; i++, o += 4) {
+      const cell = heat.cells[i];
+      let color = cell === PAD ? COLORS.pad
+        : cell === PINNED ? COLORS.pinned
+          : cell & RESIDENT ? COLORS.resident : COLORS.absent;
+      const sinceRead = now - heat.readAt[i];
+      const sinceEvict = now - heat.evictAt[i];
+      if (heat.readAt[i] && sinceRead < FADE_MS && cell & RESIDENT) {
+        color = mix(COLORS.read, color, sinceRead / FADE_MS);
+        fading = true;
+      } else if (heat.evictAt[i] && sinceEvict < FADE_MS && !(cell & RESIDENT)) {
+        color = mix(COLORS.evicted, color, sinceEvict / FADE_MS);
+        fading = true;
       }
+      px[o] = color[0]; px[o + 1] = color[1]; px[o + 2] = color[2]; px[o + 3] = 255;
     }
-    ctx.putImageData(image, left, top);
+    cellsCtx.putImageData(image, 0, 0);
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(cellsCanvas, left, top, experts * cw, layers * ch);
+    // a one-pixel gap between cells when they are big enough to show it
+    ctx.fillStyle = '#171a21';
+    if (cw > 3) for (let e = 1; e <= experts; e++) ctx.fillRect(left + e * cw - 1, top, 1, layers * ch);
+    if (ch > 3) for (let l = 1; l <= layers; l++) ctx.fillRect(left, top + l * ch - 1, experts * cw, 1);
     ctx.fillStyle = '#8a90a0';
     ctx.font = '10px system-ui, sans-serif';
     ctx.textBaseline = 'middle';
@@ -209,15 +213,16 @@
     return fading;
   }
 
+  // Redraw while highlights fade, at most every FRAME_MS: smooth enough, and cheap.
+  const FRAME_MS = 66;
   function heatAnimate() {
     if (heat.animating) return;
     heat.animating = true;
     const frame = () => {
-      const fading = heatDraw();
-      if (fading) requestAnimationFrame(frame);
+      if (heatDraw()) setTimeout(frame, FRAME_MS);
       else heat.animating = false;
     };
-    requestAnimationFrame(frame);
+    setTimeout(frame, 0);
   }
 
   heat.canvas.addEventListener('mousemove', (event) => {
@@ -396,20 +401,25 @@
   }
 
   const PART_COLORS = ['#4b5263', '#8a6d3b', '#3b6fd8', '#37c5c9', '#7b5ea8'];
-  function showBudget(budget, memory) {
+  const memoryView = { scale: 1, planned: 0, budget: null, markers: {} };
+
+  // The plan's parts, drawn once per connection; the process's use moves over them (showMemory).
+  function showBudget(budget) {
     const bar = $('memory-bar'), legend = $('memory-legend');
     bar.textContent = '';
     legend.textContent = '';
+    memoryView.budget = budget;
+    memoryView.markers = {};
     if (!budget) {
       $('budget-reason').textContent = 'This provider reports no memory plan.';
       return;
     }
-    const planned = budget.parts.reduce((a, p) => a + p.bytes, 0);
-    const scale = Math.max(budget.memory || 0, planned, (memory && memory.peak) || 0, 1);
+    memoryView.planned = budget.parts.reduce((a, p) => a + p.bytes, 0);
+    memoryView.scale = Math.max(budget.memory || 0, memoryView.planned, 1);
     budget.parts.forEach((part, i) => {
       const div = document.createElement('div');
       div.className = 'part';
-      div.style.width = (100 * part.bytes / scale) + '%';
+      div.style.width = (100 * part.bytes / memoryView.scale) + '%';
       div.style.background = PART_COLORS[i % PART_COLORS.length];
       div.title = `${part.name}: ${bytes(part.bytes)}`;
       bar.appendChild(div);
@@ -420,20 +430,35 @@
       item.append(sw, `${part.name} ${bytes(part.bytes)}`);
       legend.appendChild(item);
     });
-    for (const [cls, label] of [['now', 'process'], ['peak', 'peak']]) {
-      const value = memory && memory[cls === 'now' ? 'process' : 'peak'];
-      if (!value) continue;
+    for (const [key, label] of [['process', 'process now'], ['peak', 'process peak']]) {
       const marker = document.createElement('div');
-      marker.className = 'marker ' + cls;
-      marker.style.left = Math.min(100, 100 * value / scale) + '%';
-      marker.title = `${label}: ${bytes(value)}`;
+      marker.className = 'marker ' + (key === 'process' ? 'now' : 'peak');
+      marker.hidden = true;
       bar.appendChild(marker);
+      memoryView.markers[key] = { marker, label };
+      const item = document.createElement('span');
+      const sw = document.createElement('i');
+      sw.className = 'sw';
+      sw.style.background = key === 'process' ? '#d6d9e0' : '#f2b84b';
+      item.append(sw, label);
+      legend.appendChild(item);
+    }
+    $('budget-reason').textContent = budget.reason ? 'Why: ' + budget.reason + '.' : '';
+  }
+
+  function showMemory(memory) {
+    const budget = memoryView.budget;
+    if (!budget || !memory) return;
+    for (const [key, { marker, label }] of Object.entries(memoryView.markers)) {
+      const value = memory[key];
+      marker.hidden = !value;
+      if (!value) continue;
+      marker.style.left = Math.min(100, 100 * value / memoryView.scale) + '%';
+      marker.title = `${label}: ${bytes(value)}`;
     }
     const limit = budget.memory ? `of ${bytes(budget.memory)} budget` : '(no memory budget: capacity given)';
-    $('memory-summary').textContent = memory
-      ? `process ${bytes(memory.process)} ${limit} · peak ${bytes(memory.peak)} · planned ${bytes(planned)}`
-      : limit;
-    $('budget-reason').textContent = budget.reason ? 'Why: ' + budget.reason + '.' : '';
+    $('memory-summary').textContent =
+      `process ${bytes(memory.process)} ${limit} · peak ${bytes(memory.peak)} · planned ${bytes(memoryView.planned)}`;
   }
 
   // -- the live feed -------------------------------------------------------------------------
@@ -445,7 +470,8 @@
   function onHello(hello) {
     state.hello = hello;
     showSettings(hello);
-    showBudget(hello.budget, hello.memory);
+    showBudget(hello.budget);
+    showMemory(hello.memory);
     heatReset(hello.layers, hello.experts);
     if (hello.heat) heatUpdate(hello.heat);
     else heatDraw();
@@ -459,10 +485,7 @@
     if (tick.point) pushPoint(tick.point);
     (tick.requests || []).forEach(pushRequest);
     if (tick.heat) heatUpdate(tick.heat);
-    if (tick.memory && state.hello) {
-      state.hello.memory = tick.memory;
-      showBudget(state.hello.budget, tick.memory);
-    }
+    if (tick.memory) showMemory(tick.memory);
     drawCharts();
   }
 
