@@ -7,7 +7,10 @@ open in headless chromium, in rounds that rotate the order.
 The server is the real CLI (`moe serve --capacity 16`: 16 of the demo model's 64 experts per layer
 stay in memory, so decoding reads experts and the heatmap moves). Decode tok/s is measured by the
 client: (completion tokens - 1) / (time of the last content chunk - time of the first), one
-greedy request of --max-tokens tokens per condition and round; `frames` counts the events the
+greedy request of --max-tokens tokens per condition and round. Since other work on a shared machine
+moves wall-clock rates a lot, the server process's own CPU time per generated token (user +
+system, from /proc, prefill included) is recorded too: it counts what the page makes the server
+do and little of what the neighbours do. `frames` counts the events the
 stream reader got during the request (for the page: heatmap updates), and
 `worker_sampling_share` is the share of the request's time the worker spent taking samples, as
 the server reports it. Also timed in this process: one
@@ -35,6 +38,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _live_page import Serve, chromium, missing_browser, wait_until  # noqa: E402
 
 PROMPT = "def main():"  # the demo model answers with 300+ tokens, so every run hits max_tokens
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def decode_tok_s(url: str, max_tokens: int) -> dict:
@@ -165,9 +174,12 @@ def main() -> None:
                     watcher = OpenPage(serve.url)
                 frames_before = watcher.frames if watcher else 0
                 sampled_before = watcher.sampling_s if isinstance(watcher, StreamReader) else 0
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), cpu_seconds(serve.proc.pid)
                 result = decode_tok_s(serve.url, args.max_tokens)
                 elapsed = time.perf_counter() - start
+                result["server_cpu_ms_per_token"] = (
+                    1000 * (cpu_seconds(serve.proc.pid) - cpu) / result["tokens"]
+                )
                 time.sleep(0.5)  # the frame of the job's end
                 result["frames"] = (watcher.frames - frames_before) if watcher else 0
                 if isinstance(watcher, StreamReader):
@@ -185,10 +197,22 @@ def main() -> None:
     summary = {}
     for condition in conditions:
         rates = [r["tok_s"] for r in runs if r["condition"] == condition]
-        summary[condition] = {"tok_s": rates, "mean": statistics.mean(rates)}
-    closed = summary["closed"]["mean"]
+        cpu = [r["server_cpu_ms_per_token"] for r in runs if r["condition"] == condition]
+        summary[condition] = {
+            "tok_s": rates,
+            "mean_tok_s": statistics.mean(rates),
+            "server_cpu_ms_per_token": cpu,
+            "mean_server_cpu_ms_per_token": statistics.mean(cpu),
+        }
+    closed = summary["closed"]
     for condition in conditions[1:]:
-        summary[condition]["vs_closed"] = summary[condition]["mean"] / closed
+        summary[condition]["tok_s_vs_closed"] = (
+            summary[condition]["mean_tok_s"] / closed["mean_tok_s"]
+        )
+        summary[condition]["server_cpu_vs_closed"] = (
+            summary[condition]["mean_server_cpu_ms_per_token"]
+            / closed["mean_server_cpu_ms_per_token"]
+        )
     doc = {
         "benchmark": "live_page_overhead",
         "command": "uv run python benchmarks/live_page_overhead.py "
@@ -197,6 +221,7 @@ def main() -> None:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(),
         },
         "model": "moe-demo (shipped with moe-runtime), greedy",
         "server": f"moe serve --capacity {args.capacity} (of 64 experts per layer)",
