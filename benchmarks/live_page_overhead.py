@@ -2,12 +2,13 @@
 page closed, with its event stream read (what an open page asks of the server), and with the page
 open in headless chromium, in rounds that rotate the order.
 
-    uv run python benchmarks/live_page_overhead.py [--rounds 3] [--max-tokens 120] [--capacity 16]
+    uv run python benchmarks/live_page_overhead.py [--rounds 3] [--requests 3] [--max-tokens 120]
 
 The server is the real CLI (`moe serve --capacity 16`: 16 of the demo model's 64 experts per layer
 stay in memory, so decoding reads experts and the heatmap moves). Decode tok/s is measured by the
-client: (completion tokens - 1) / (time of the last content chunk - time of the first), one
-greedy request of --max-tokens tokens per condition and round. Since other work on a shared machine
+client: (completion tokens - 1) / (time of the last content chunk - time of the first), for
+--requests greedy requests of --max-tokens tokens per condition and round; each round runs the
+conditions in another order, and each condition is compared with the closed page of its own round. Since other work on a shared machine
 moves wall-clock rates a lot, the server process's own CPU time per generated token (user +
 system, from /proc, prefill included) is recorded too: it counts what the page makes the server
 do and little of what the neighbours do. `frames` counts the events the
@@ -149,6 +150,7 @@ def sample_costs(repeats: int = 50) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=3, help="per condition and round")
     parser.add_argument("--max-tokens", type=int, default=120)
     parser.add_argument("--capacity", type=int, default=16)
     parser.add_argument(
@@ -172,51 +174,67 @@ def main() -> None:
                     watcher = StreamReader(serve.url)
                 elif condition == "page in chromium":
                     watcher = OpenPage(serve.url)
-                frames_before = watcher.frames if watcher else 0
-                sampled_before = watcher.sampling_s if isinstance(watcher, StreamReader) else 0
-                start, cpu = time.perf_counter(), cpu_seconds(serve.proc.pid)
-                result = decode_tok_s(serve.url, args.max_tokens)
-                elapsed = time.perf_counter() - start
-                result["server_cpu_ms_per_token"] = (
-                    1000 * (cpu_seconds(serve.proc.pid) - cpu) / result["tokens"]
-                )
-                time.sleep(0.5)  # the frame of the job's end
-                result["frames"] = (watcher.frames - frames_before) if watcher else 0
-                if isinstance(watcher, StreamReader):
-                    # includes the one sample after the job that is taken with no page open too
-                    result["worker_sampling_share"] = (
-                        watcher.sampling_s - sampled_before
-                    ) / elapsed
+                for _ in range(args.requests):
+                    frames_before = watcher.frames if watcher else 0
+                    sampled_before = watcher.sampling_s if isinstance(watcher, StreamReader) else 0
+                    start, cpu = time.perf_counter(), cpu_seconds(serve.proc.pid)
+                    result = decode_tok_s(serve.url, args.max_tokens)
+                    elapsed = time.perf_counter() - start
+                    result["server_cpu_ms_per_token"] = (
+                        1000 * (cpu_seconds(serve.proc.pid) - cpu) / result["tokens"]
+                    )
+                    time.sleep(0.5)  # the frame of the job's end
+                    result["frames"] = (watcher.frames - frames_before) if watcher else 0
+                    if isinstance(watcher, StreamReader):
+                        # with the one sample after the job, taken with no page open too
+                        result["worker_sampling_share"] = (
+                            watcher.sampling_s - sampled_before
+                        ) / elapsed
+                    runs.append({"round": round_ + 1, "condition": condition, **result})
+                    print(f"round {round_ + 1} {condition:17s} {result}", file=sys.stderr)
                 if watcher:
                     watcher.close()
-                runs.append({"round": round_ + 1, "condition": condition, **result})
-                print(f"round {round_ + 1} {condition:17s} {result}", file=sys.stderr)
     finally:
         serve.stop()
 
+    def per_round(condition: str, key: str) -> list[float]:
+        """The median of `key` over a condition's requests, round by round."""
+        return [
+            statistics.median(
+                r[key] for r in runs if r["condition"] == condition and r["round"] == n
+            )
+            for n in range(1, args.rounds + 1)
+        ]
+
     summary = {}
+    closed_tok_s = per_round("closed", "tok_s")
+    closed_cpu = per_round("closed", "server_cpu_ms_per_token")
     for condition in conditions:
-        rates = [r["tok_s"] for r in runs if r["condition"] == condition]
-        cpu = [r["server_cpu_ms_per_token"] for r in runs if r["condition"] == condition]
-        summary[condition] = {
-            "tok_s": rates,
-            "mean_tok_s": statistics.mean(rates),
-            "server_cpu_ms_per_token": cpu,
+        tok_s = per_round(condition, "tok_s")
+        cpu = per_round(condition, "server_cpu_ms_per_token")
+        entry = {
+            "tok_s_per_round": tok_s,
+            "mean_tok_s": statistics.mean(tok_s),
+            "server_cpu_ms_per_token_per_round": cpu,
             "mean_server_cpu_ms_per_token": statistics.mean(cpu),
         }
-    closed = summary["closed"]
-    for condition in conditions[1:]:
-        summary[condition]["tok_s_vs_closed"] = (
-            summary[condition]["mean_tok_s"] / closed["mean_tok_s"]
-        )
-        summary[condition]["server_cpu_vs_closed"] = (
-            summary[condition]["mean_server_cpu_ms_per_token"]
-            / closed["mean_server_cpu_ms_per_token"]
-        )
+        if condition != "closed":
+            entry["tok_s_vs_closed_per_round"] = [
+                a / b for a, b in zip(tok_s, closed_tok_s, strict=True)
+            ]
+            entry["server_cpu_vs_closed_per_round"] = [
+                a / b for a, b in zip(cpu, closed_cpu, strict=True)
+            ]
+        if condition == "event stream":
+            entry["worker_sampling_share"] = statistics.mean(
+                r["worker_sampling_share"] for r in runs if r["condition"] == condition
+            )
+        summary[condition] = entry
     doc = {
         "benchmark": "live_page_overhead",
         "command": "uv run python benchmarks/live_page_overhead.py "
-        f"--rounds {args.rounds} --max-tokens {args.max_tokens} --capacity {args.capacity}",
+        f"--rounds {args.rounds} --requests {args.requests} --max-tokens {args.max_tokens} "
+        f"--capacity {args.capacity}",
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
