@@ -102,7 +102,9 @@ def wide_heatmap(out: Path) -> None:
         driver = chromium(1500, 1200)
         try:
             open_page(driver, serve.url)
-            for prompt in PROMPTS:
+            # this script's own source as a long prompt: its prefill touches many experts
+            source = Path(__file__).read_text()[:800]
+            for prompt in [*PROMPTS, source]:
                 ask_api(serve.url, prompt, 24)
             time.sleep(0.6)
             driver.find_element("css selector", "section.experts").screenshot(

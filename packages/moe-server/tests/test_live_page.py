@@ -5,6 +5,7 @@ The same page in a real browser is tested in the repository's tests/test_live_pa
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import threading
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from _providers import ScriptedProvider
 
-from moe_server._events import changed_grid, rates
+from moe_server._events import changed_grid, heat_grid, rates
 from moe_server._live import EVICTED, PAD, PINNED, READ, RESIDENT, Sample
 
 CHAT = [{"role": "user", "content": "def add(a, b):"}]
@@ -32,16 +33,20 @@ class Events:
         self.wait_for(lambda: self.frames or self.status not in (None, 200))
 
     def _read(self, url: str, headers: dict) -> None:
-        with httpx.stream("GET", url + "/live/events", headers=headers, timeout=60) as response:
-            self.status = response.status_code
-            name = None
-            for line in response.iter_lines():
-                if self._stop.is_set():
-                    return
-                if line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    self.frames.append((name, json.loads(line[6:]), time.monotonic()))
+        self._client = httpx.Client(timeout=60)
+        try:
+            with self._client.stream("GET", url + "/live/events", headers=headers) as response:
+                self.status = response.status_code
+                name = None
+                for line in response.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if line.startswith("event: "):
+                        name = line[7:]
+                    elif line.startswith("data: "):
+                        self.frames.append((name, json.loads(line[6:]), time.monotonic()))
+        except (httpx.HTTPError, RuntimeError):  # closed by close()
+            pass
 
     def wait_for(self, condition, timeout: float = 30.0):
         deadline = time.monotonic() + timeout
@@ -54,7 +59,10 @@ class Events:
         return [body for name, body, _ in self.frames if name == "tick"]
 
     def close(self) -> None:
+        """Hang up, as a page that is closed does."""
         self._stop.set()
+        self._client.close()
+        self._thread.join(5)
 
 
 def _until(condition, timeout: float = 10.0) -> None:
@@ -237,6 +245,62 @@ def test_a_slow_sample_stretches_the_interval(serve_app, provider):
     assert spent and spent[-1] >= 0.06
 
 
+class _Watched:
+    """The real session, with its handle's observe/unobserve calls recorded (thread names)."""
+
+    def __init__(self, session):
+        self.session, self.calls = session, []
+        self.model_id, self.tokenizer = session.model_id, session.tokenizer
+        outer = self
+
+        class Handle:
+            def __getattr__(self, name):
+                return getattr(session.handle, name)
+
+            def observe(self, observer):
+                outer.calls.append(("observe", threading.current_thread().name))
+                return session.handle.observe(observer)
+
+            def unobserve(self, observer):
+                outer.calls.append(("unobserve", threading.current_thread().name))
+                session.handle.unobserve(observer)
+
+        self.handle = Handle()
+
+    def __getattr__(self, name):  # stream, encode_prompt, stats
+        return getattr(self.session, name)
+
+
+def test_reads_are_observed_only_while_a_page_listens(serve_app, provider):
+    watched = _Watched(provider)
+    server = serve_app(watched)
+    ask = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "import re"}]}
+    assert httpx.post(server.url + "/v1/chat/completions", json=ask, timeout=120).is_success
+    assert watched.calls == []
+    events = Events(server.url)
+    try:
+        hello = events.frames[0][1]
+        for prompt in ("x = [i * i for i in range(10)]", "async def fetch(url):"):
+            body = ask | {"messages": [{"role": "user", "content": prompt}]}
+            assert httpx.post(
+                server.url + "/v1/chat/completions", json=body, timeout=120
+            ).is_success
+        events.wait_for(lambda: sum(len(t.get("requests", [])) for t in events.ticks()) >= 2)
+        heats = [t for t in events.ticks() if "heat" in t]
+    finally:
+        events.close()
+    assert watched.calls == [("observe", "moe-worker")]
+    flags = np.zeros((hello["layers"], hello["experts"]), dtype=np.uint8)
+    for tick in heats:
+        flags |= _grid(tick, hello["layers"], hello["experts"])
+    assert flags.any() and (flags & READ).any()
+    # The page closed: the next job lets go of the observer.
+    _until(lambda: server.app.state.live.sampler.listeners == 0)
+    assert httpx.post(server.url + "/v1/chat/completions", json=ask, timeout=120).is_success
+    _until(lambda: len(watched.calls) == 2)
+    assert watched.calls[1] == ("unobserve", "moe-worker")
+
+
 def test_key_is_required_on_the_event_stream_not_on_the_page(serve_app, provider):
     server = serve_app(provider, api_key="sekrit")
     page = httpx.get(server.url + "/")
@@ -294,7 +358,7 @@ def test_with_a_key_any_host_may_ask_but_not_another_origin(serve_app, provider)
 # -- the arithmetic, without a server ---------------------------------------------------------
 
 
-def _sample(seq, grid=None, **counters) -> Sample:
+def _sample(seq, grid=None, activity=None, **counters) -> Sample:
     base = dict(tokens=0, decode_tokens=0, decode_s=0.0, hits=0, misses=0, bytes_read=0)
     base |= counters
     return Sample(
@@ -306,6 +370,7 @@ def _sample(seq, grid=None, **counters) -> Sample:
         grid=grid,
         stats={},
         sampling_s=0.0,
+        activity=activity,
         **base,
     )
 
@@ -338,6 +403,21 @@ def test_changed_grid_flags_reads_and_evictions():
     assert changed_grid(_sample(1, old), _sample(2, None)) is None
 
 
+def test_observed_reads_and_evictions_are_flagged_even_when_they_cancel_out():
+    grid = np.array([[RESIDENT, 0, PINNED, PAD]], dtype=np.uint8)
+    # expert 1 was read and evicted again between the samples; expert 0 evicted and read back
+    first = np.array([[0, READ, 0, 0]], dtype=np.uint8)
+    second = np.array([[READ | EVICTED, EVICTED, 0, 0]], dtype=np.uint8)
+    samples = [_sample(2, grid.copy(), first), _sample(3, grid.copy(), second)]
+    out = heat_grid(_sample(1, grid), samples)
+    assert out.tolist() == [[RESIDENT | READ | EVICTED, READ | EVICTED, PINNED, PAD]]
+    quiet = [_sample(4, grid.copy(), np.zeros_like(grid))]
+    assert heat_grid(samples[-1], quiet) is None
+    # without an observer, the difference of the grids
+    later = np.array([[0, 0, PINNED, PAD]], dtype=np.uint8)
+    assert heat_grid(_sample(1, grid), [_sample(2, later)]).tolist() == [[EVICTED, 0, PINNED, PAD]]
+
+
 @pytest.mark.parametrize("backlog", [1, 3])
 def test_a_page_that_falls_behind_is_ended_not_fed_a_torn_grid(backlog):
     import asyncio
@@ -349,3 +429,26 @@ def test_a_page_that_falls_behind_is_ended_not_fed_a_torn_grid(backlog):
         _events._push(page, f"frame {i}")
     _events._push(page, "one too many")
     assert page.qsize() == 1 and page.get_nowait() is None
+
+
+def test_rates_span_about_a_second_of_samples():
+    """Four frames a second of a few tokens each would make a jagged chart: each point's rates
+    reach back to the latest sample at least a second older."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from moe_server._events import LiveFeed
+
+    sampler = SimpleNamespace(recent=deque(), requests=deque(), interval=0.25, listeners=0)
+    worker = SimpleNamespace(live=sampler, waiting=0, running=1)
+    feed = LiveFeed(worker, model="m", limits={})
+    points = []
+    for i in range(9):  # a sample every 0.25 s; one token in every other interval
+        tokens = (i + 1) // 2
+        sample = _sample(i + 1, tokens=tokens, decode_tokens=tokens, decode_s=0.25 * i)
+        sampler.recent.append(dataclasses.replace(sample, t=0.25 * i))
+        frame = feed.step()
+        points.append(json.loads(frame.split("data: ", 1)[1])["point"])
+    assert "tok_s" not in points[0]  # nothing to compare the first sample with
+    # Between consecutive samples the rate would jump between 0 and 4 tok/s; over a second it is 2.
+    assert [p["tok_s"] for p in points[4:]] == [2.0] * 5

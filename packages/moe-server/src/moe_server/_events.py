@@ -1,8 +1,8 @@
 """The live page's event stream (`GET /live/events`, server-sent events).
 
 A task on the event loop looks at the worker's latest sample a few times per second and, when
-something changed, turns it into one frame that every open page receives: rates over the interval
-since the previous sample, queue depth, requests that ended, memory, and the residency grid with
+something changed, turns it into one frame that every open page receives: rates over about the
+last second of samples, queue depth, requests that ended, memory, and the residency grid with
 the experts read and evicted since the previous grid. It never calls the provider: the worker
 samples (see `_live.py`), this only does arithmetic on what it left.
 """
@@ -22,10 +22,11 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ._live import EVICTED, READ, RESIDENT, Sample
+from ._live import EVICTED, PAD, READ, RESIDENT, Sample
 from ._worker import Worker
 
 KEEPALIVE_S = 15.0
+RATE_WINDOW_S = 1.0  # rates span about this much time, so a frame's few tokens do not make noise
 BACKLOG = 32  # frames a slow page may fall behind before it is sent a fresh start
 
 
@@ -50,6 +51,7 @@ class LiveFeed:
         self.finished: deque[dict] = deque(maxlen=200)  # requests that ended
         self._pages: set[asyncio.Queue[str | None]] = set()
         self._seen: Sample | None = None
+        self._recent: deque[Sample] = deque(maxlen=64)  # samples of the last RATE_WINDOW_S
         self._request_id = 0
         self._queue = (0, 0)
         self._task: asyncio.Task | None = None
@@ -90,12 +92,14 @@ class LiveFeed:
     # -- frames ------------------------------------------------------------------------------
     def step(self) -> str | None:
         """The next frame, or None when nothing changed since the last one."""
-        sample = self.sampler.latest
+        seen = self._seen.seq if self._seen is not None else 0
+        samples = [s for s in list(self.sampler.recent) if s.seq > seen]
+        sample = samples[-1] if samples else None
         queue = (self.worker.waiting, self.worker.running)
         ended = [r for i, r in list(self.sampler.requests) if i > self._request_id]
         if self.sampler.requests:
             self._request_id = self.sampler.requests[-1][0]
-        fresh = sample is not None and (self._seen is None or sample.seq != self._seen.seq)
+        fresh = sample is not None
         if not fresh and queue == self._queue and not ended:
             return None
         self._queue = queue
@@ -107,20 +111,28 @@ class LiveFeed:
         }
         if fresh:
             assert sample is not None
-            if self._seen is not None:
-                point.update(rates(self._seen, sample))
+            base = self._window_start(sample)
+            if base is not None:
+                point.update(rates(base, sample))
             frame["memory"] = _memory(sample)
             frame["sampling_s"] = _round(sample.sampling_s)
-            heat = changed_grid(self._seen, sample)
+            heat = heat_grid(self._seen, samples)
             if heat is not None:
                 frame["heat"] = _b64(heat)
             self._seen = sample
+            self._recent.append(sample)
         self.history.append(point)
         frame["point"] = point
         if ended:
             self.finished.extend(ended)
             frame["requests"] = ended
         return _event("tick", frame)
+
+    def _window_start(self, sample: Sample) -> Sample | None:
+        """The latest sample at least RATE_WINDOW_S older than `sample` (else the oldest kept)."""
+        while len(self._recent) > 1 and self._recent[1].t <= sample.t - RATE_WINDOW_S:
+            self._recent.popleft()
+        return self._recent[0] if self._recent else None
 
     def hello(self) -> str:
         """Everything a page needs to draw itself now: settings, budget, history, the grid."""
@@ -162,6 +174,25 @@ def rates(before: Sample, after: Sample) -> dict[str, float | None]:
         "mb_per_token": _round(read / 1e6 / tokens) if tokens else None,
         "read_mb_s": _round(read / 1e6 / read_s) if read_s > 0 else None,
     }
+
+
+def heat_grid(before: Sample | None, samples: list[Sample]) -> np.ndarray | None:
+    """The newest of `samples`' grids with the experts read and evicted since `before` flagged,
+    or None when nothing changed. The flags come from the handle's observer where it watched
+    (every read and eviction), else from the difference between the two grids."""
+    after = samples[-1]
+    if after.grid is None:
+        return None
+    if any(s.activity is not None for s in samples):
+        flags = np.zeros_like(after.grid)
+        for s in samples:
+            if s.activity is not None and s.activity.shape == flags.shape:
+                flags |= s.activity
+        old = before.grid if before is not None else None
+        if not flags.any() and old is not None and np.array_equal(old, after.grid):
+            return None
+        return np.where(after.grid == PAD, PAD, after.grid | flags).astype(np.uint8)
+    return changed_grid(before, after)
 
 
 def changed_grid(before: Sample | None, after: Sample) -> np.ndarray | None:

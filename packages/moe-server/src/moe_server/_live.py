@@ -5,8 +5,10 @@ at most every `interval` seconds and only while a page is listening, and once af
 A sample that takes long (many layers) stretches the interval, so that sampling takes at most
 `share` of the worker's time.
 A sample is counters the core already keeps (`provider.stats()`), the resident and pinned experts
-(`handle.resident()`, `handle.pinned()`: host-side tables, no device sync) and what this module
-counts itself with one clock read per token. The event loop only reads the latest sample.
+(`handle.resident()`, `handle.pinned()`: host-side tables, no device sync), the experts read and
+evicted since the previous sample (an observer of the offload handle, attached only while a page
+listens) and what this module counts itself with one clock read per token. The event loop only
+reads the samples.
 """
 
 from __future__ import annotations
@@ -44,6 +46,30 @@ class Sample:
     grid: np.ndarray | None  # [layers, experts] uint8 cells, None without an offload handle
     stats: dict  # provider.stats() as it was
     sampling_s: float  # time the worker spent taking samples, this one included
+    # READ and EVICTED bits of the experts read and evicted since the previous sample; None when
+    # nothing observed them (no page listened, or the provider has no observable handle)
+    activity: np.ndarray | None = None
+
+
+class Activity:
+    """An observer of an offload handle (`handle.observe`): marks the experts read and evicted.
+
+    The handle calls it on the worker thread during the forward pass; it only sets bits, and the
+    sampler takes them, on the same thread."""
+
+    def __init__(self, num_experts: list[int]):
+        self._shape = (len(num_experts), max(num_experts, default=0))
+        self.flags = np.zeros(self._shape, dtype=np.uint8)
+
+    def on_reads(self, layer: int, experts: np.ndarray) -> None:
+        self.flags[layer, experts] |= READ
+
+    def on_evictions(self, layer: int, experts: np.ndarray) -> None:
+        self.flags[layer, experts] |= EVICTED
+
+    def take(self) -> np.ndarray:
+        flags, self.flags = self.flags, np.zeros(self._shape, dtype=np.uint8)
+        return flags
 
 
 @dataclass(slots=True)
@@ -63,7 +89,7 @@ class Sampler:
     interval: float = 0.25
     share: float = 0.01  # of the worker's time, at most, spent sampling while it generates
     listeners: int = 0
-    latest: Sample | None = None
+    recent: deque = field(default_factory=lambda: deque(maxlen=16))  # the latest samples
     requests: deque = field(default_factory=lambda: deque(maxlen=512))  # (id, record)
     _tokens: int = 0
     _decode_tokens: int = 0
@@ -73,11 +99,17 @@ class Sampler:
     _sampled: float = 0.0
     _cost: float = 0.0  # seconds the last sample took
     _spent: float = 0.0
+    _activity: Activity | None = None
     _jobs: dict[int, _Job] = field(default_factory=dict)
 
     # -- called by the worker ----------------------------------------------------------------
+    @property
+    def latest(self) -> Sample | None:
+        return self.recent[-1] if self.recent else None
+
     def begin(self, job: Any) -> None:
         self._jobs[id(job)] = _Job(job.submitted, job.prompt_tokens)
+        self._follow()
 
     def token(self, job: Any, now: float) -> None:
         """One token of `job` reached the server; samples when one is due and a page listens."""
@@ -121,6 +153,8 @@ class Sampler:
         try:
             stats = self.provider.stats() or {}
             grid = residency(self.provider)
+            activity = self._activity.take() if self._activity is not None else None
+            self._follow()
         except Exception:  # the page must never take a generation down
             log.exception("sampling the provider for the live page failed")
             return None
@@ -128,7 +162,7 @@ class Sampler:
         self._cost = time.perf_counter() - start
         self._spent += self._cost
         self._seq += 1
-        self.latest = Sample(
+        sample = Sample(
             seq=self._seq,
             t=time.time(),
             tokens=self._tokens,
@@ -143,8 +177,23 @@ class Sampler:
             grid=grid,
             stats=stats,
             sampling_s=self._spent,
+            activity=activity,
         )
-        return self.latest
+        self.recent.append(sample)
+        return sample
+
+    def _follow(self) -> None:
+        """Observe the handle's reads and evictions while a page listens, not otherwise.
+
+        On the worker thread: (un)observing hands over counts held on the device."""
+        handle = getattr(self.provider, "handle", None)
+        if handle is None or not hasattr(handle, "observe"):
+            return
+        if self.listeners and self._activity is None:
+            self._activity = handle.observe(Activity(list(handle.num_experts)))
+        elif not self.listeners and self._activity is not None:
+            handle.unobserve(self._activity)
+            self._activity = None
 
 
 def residency(provider: Any) -> np.ndarray | None:

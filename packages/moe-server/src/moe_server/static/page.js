@@ -121,10 +121,17 @@
     heat.cells = new Uint8Array(layers * experts).fill(PAD);
     heat.readAt = new Float64Array(layers * experts);
     heat.evictAt = new Float64Array(layers * experts);
-    const width = heat.canvas.parentElement.clientWidth - 24 || 800;
-    heat.cw = Math.max(1, Math.floor((width - heat.left) / Math.max(experts, 1)));
+    heatSize();
+  }
+
+  function heatSize() {
+    const { layers, experts } = heat;
+    // The canvas is as wide as the panel, so its labels are drawn at the screen's own pixels;
+    // cells may be fractions of a pixel wide (512 experts in ~800 pixels).
+    const width = heat.canvas.clientWidth || 800;
+    heat.cw = (width - heat.left) / Math.max(experts, 1);
     heat.ch = Math.max(3, Math.min(22, Math.floor(360 / Math.max(layers, 1))));
-    heat.canvas.width = heat.left + experts * heat.cw;
+    heat.canvas.width = width;
     heat.canvas.height = heat.top + layers * heat.ch;
   }
 
@@ -198,7 +205,9 @@
     ctx.drawImage(cellsCanvas, left, top, experts * cw, layers * ch);
     // a one-pixel gap between cells when they are big enough to show it
     ctx.fillStyle = '#171a21';
-    if (cw > 3) for (let e = 1; e <= experts; e++) ctx.fillRect(left + e * cw - 1, top, 1, layers * ch);
+    if (cw > 3) {
+      for (let e = 1; e <= experts; e++) ctx.fillRect(Math.round(left + e * cw) - 1, top, 1, layers * ch);
+    }
     if (ch > 3) for (let l = 1; l <= layers; l++) ctx.fillRect(left, top + l * ch - 1, experts * cw, 1);
     ctx.fillStyle = '#8a90a0';
     ctx.font = '10px system-ui, sans-serif';
@@ -238,6 +247,11 @@
     const cell = heat.cells[l * heat.experts + e];
     const what = cell === PAD ? '' : cell === PINNED ? 'pinned' : cell & RESIDENT ? 'resident' : 'on disk';
     $('heat-hover').textContent = what && `layer ${l} · expert ${e} · ${what}`;
+  });
+  window.addEventListener('resize', () => {
+    if (!heat.layers) return;
+    heatSize();
+    heatDraw();
   });
   heat.canvas.addEventListener('mouseleave', () => { $('heat-hover').textContent = ''; });
 
