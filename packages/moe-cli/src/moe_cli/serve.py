@@ -1,7 +1,9 @@
 """`moe serve [MODEL]`: the OpenAI- and Anthropic-compatible HTTP server over one model.
 
 The bind address and the port are checked before the model loads, so a mistake costs no time.
-Ctrl-C and SIGTERM stop the server cleanly (exit code 0)."""
+Ctrl-C and SIGTERM stop the server cleanly: no new requests, queued ones answered with an error,
+the running one given `--grace` seconds (then ended with the API's error event), the resident
+experts saved, exit code 0."""
 
 from __future__ import annotations
 
@@ -62,6 +64,22 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    queue: Annotated[
+        int,
+        typer.Option(
+            "--queue",
+            min=0,
+            help="Requests that may wait behind the running one; more get 429/529 with when to retry.",
+        ),
+    ] = 8,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            min=0,
+            help="Seconds a running request may take to finish on SIGTERM or Ctrl-C.",
+        ),
+    ] = 5.0,
     memory: MemoryOpt = None,
     capacity: CapacityOpt = None,
     profile: ProfileOpt = None,
@@ -98,7 +116,7 @@ def serve(
         if disk_mbps is None:
             disk_mbps = measure_disk_for(session)
         announce(session, host, port, disk_mbps)
-        limits = {"max_tokens_default": max_tokens}
+        limits = {"max_tokens_default": max_tokens, "max_queue": queue}
         # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found;
         # finding one that ignores it lets a clean shutdown end with exit code 0.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,6 +128,7 @@ def serve(
                 port=port,
                 api_key=api_key,
                 disk_mb_s=disk_mbps,
+                grace=grace,
                 **{name: value for name, value in limits.items() if value is not None},
             )
     err_console.print("stopped")

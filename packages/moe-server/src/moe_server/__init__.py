@@ -8,7 +8,8 @@ Endpoints: POST /v1/chat/completions, /v1/completions, /v1/responses, /v1/messag
 DELETE /v1/responses/{id}.
 """
 
-from ._app import BindError, check_bind, create_app, is_loopback, serve
+from ._app import BindError, check_bind, create_app, is_loopback
 from ._provider import Provider
+from ._serve import serve
 
 __all__ = ["BindError", "Provider", "check_bind", "create_app", "is_loopback", "serve"]

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ._engine import KEEPALIVE_S, Engine, Idle
 from ._reasoning import Reasoning
-from ._request import ContextTooLong, RequestError, read_json
+from ._request import ContextTooLong, RequestError, read_json, retry_headers
 from ._text import ToolCall
 from ._validate import (
     arguments_object,
@@ -23,7 +23,7 @@ from ._validate import (
     template_kwargs,
     text_of,
 )
-from ._worker import Failure, Finish, Overloaded
+from ._worker import SHUTDOWN, Failure, Finish, Overloaded, Unavailable
 
 STOP_REASON = {
     "stop": "end_turn",
@@ -31,7 +31,6 @@ STOP_REASON = {
     "length": "max_tokens",
     "tool_calls": "tool_use",
 }
-RETRY_AFTER = "1"
 # Thinking blocks carry a signature the real API verifies; this server has nothing to sign and
 # verifies none, so it sends a fixed one that clients hand back unread.
 SIGNATURE = "moe-unsigned"
@@ -46,14 +45,28 @@ def error_response(e: RequestError) -> JSONResponse:
     return JSONResponse(error_body(e.kind, message), status_code=e.status)
 
 
-def overloaded_response() -> JSONResponse:
-    return JSONResponse(
-        error_body(
-            "overloaded_error", "the server is busy: too many requests are queued; retry shortly"
-        ),
-        status_code=529,
-        headers={"Retry-After": RETRY_AFTER},
-    )
+def unavailable_response(e: Unavailable) -> JSONResponse:
+    """A full queue (with when a slot should free) or a server shutting down: Anthropic's 529
+    overloaded_error, which its clients retry."""
+    if isinstance(e, Overloaded):
+        message = f"the server is busy: too many requests are queued; {e}"
+        return JSONResponse(
+            error_body("overloaded_error", message),
+            status_code=529,
+            headers=retry_headers(e.retry_after),
+        )
+    return JSONResponse(error_body("overloaded_error", SHUTDOWN), status_code=529)
+
+
+def _failure_body(failure: Failure) -> dict:
+    if failure.shutdown:
+        return error_body("overloaded_error", failure.message)
+    return error_body("api_error", f"generation failed: {failure.message}")
+
+
+def failure_response(failure: Failure) -> JSONResponse:
+    """A generation that failed (500) or that the server's shutdown ended (529)."""
+    return JSONResponse(_failure_body(failure), status_code=529 if failure.shutdown else 500)
 
 
 def convert_messages(body: dict) -> list[dict]:
@@ -234,8 +247,8 @@ async def messages(request: Request) -> Response:
         )
     except RequestError as e:
         return error_response(e)
-    except Overloaded:
-        return overloaded_response()
+    except Unavailable as e:
+        return unavailable_response(e)
     message = {
         "id": f"msg_{uuid.uuid4().hex[:24]}",
         "type": "message",
@@ -257,9 +270,7 @@ async def messages(request: Request) -> Response:
         elif isinstance(event, ToolCall):
             content.append(_tool_use(event))
         elif isinstance(event, Failure):
-            return JSONResponse(
-                error_body("api_error", f"generation failed: {event.message}"), status_code=500
-            )
+            return failure_response(event)
         elif isinstance(event, Finish):
             finish = event
     return JSONResponse(
@@ -347,8 +358,8 @@ async def _stream(engine: Engine, job, message: dict):
             yield _sse("content_block_stop", {"index": index})
             index += 1
         elif isinstance(event, Failure):
-            if event.message != "cancelled":
-                yield _sse("error", error_body("api_error", f"generation failed: {event.message}"))
+            if event.message != "cancelled":  # else the client left: nobody to tell
+                yield _sse("error", _failure_body(event))
             return
         elif isinstance(event, Finish):
             yield _sse(

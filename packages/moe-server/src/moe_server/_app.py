@@ -1,4 +1,4 @@
-"""The Starlette app, its security checks, and `serve` (uvicorn)."""
+"""The Starlette app: its routes, API-key guard and bind check (`serve` runs it: _serve.py)."""
 
 from __future__ import annotations
 
@@ -212,21 +212,3 @@ def create_app(
     # Added last, so it runs first: another origin is refused before anything else looks.
     app.add_middleware(SameOrigin, loopback_only=not api_key, refuse=_error)
     return app
-
-
-def serve(
-    provider: Provider,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    api_key: str | None = None,
-    log_level: str = "info",
-    **limits,
-) -> None:
-    """Run the server until interrupted (blocks). Raises BindError before binding an exposed
-    address without an API key."""
-    import uvicorn
-
-    check_bind(host, api_key)
-    app = create_app(provider, api_key=api_key, **limits)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -9,7 +9,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ._engine import KEEPALIVE_S, Engine, Idle
-from ._openai import FINISH, KEEPALIVE_COMMENT, _sse, _start, _usage, error_body
+from ._openai import (
+    FINISH,
+    KEEPALIVE_COMMENT,
+    _sse,
+    _start,
+    _usage,
+    failure_event,
+    failure_response,
+)
 from ._openai_options import Options
 from ._worker import Failure, Finish, TokenLogprob
 
@@ -50,10 +58,7 @@ async def completions(request: Request) -> Response:
         elif isinstance(event, TokenLogprob):
             logprobs.append(event)
         elif isinstance(event, Failure):
-            return JSONResponse(
-                {"error": error_body(f"generation failed: {event.message}", "server_error")},
-                status_code=500,
-            )
+            return failure_response(event)
         elif isinstance(event, Finish):
             finish = event
     return JSONResponse(
@@ -102,10 +107,8 @@ async def _completion_stream(engine: Engine, job, options: Options, meta: dict):
         elif isinstance(event, str):
             yield chunk(event)
         elif isinstance(event, Failure):
-            if event.message != "cancelled":
-                yield _sse(
-                    {"error": error_body(f"generation failed: {event.message}", "server_error")}
-                )
+            if error := failure_event(event):
+                yield error
             return
         elif isinstance(event, Finish):
             yield chunk("", FINISH[event.reason])

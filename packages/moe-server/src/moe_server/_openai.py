@@ -13,17 +13,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ._engine import KEEPALIVE_S, Engine, Idle
 from ._openai_options import Options, parse_options
 from ._reasoning import Reasoning
-from ._request import RequestError, read_json
+from ._request import RequestError, read_json, retry_headers
 from ._text import ToolCall
 from ._validate import (
     arguments_object,
     get,
     text_of,
 )
-from ._worker import Failure, Finish, Overloaded, TokenLogprob
+from ._worker import SHUTDOWN, Failure, Finish, Overloaded, TokenLogprob, Unavailable
 
 FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length", "tool_calls": "tool_calls"}
-RETRY_AFTER = "1"
 # An SSE comment: clients skip it; it only tells them (and proxies) the stream is alive.
 KEEPALIVE_COMMENT = ": keepalive\n\n"
 
@@ -38,18 +37,34 @@ def error_body(message: str, kind: str = "invalid_request_error", param=None, co
     return {"message": message, "type": kind, "param": param, "code": code}
 
 
-def overloaded_response() -> JSONResponse:
+def unavailable_response(e: Unavailable) -> JSONResponse:
+    """A full queue (429, with when a slot should free) or a server shutting down (503)."""
+    if isinstance(e, Overloaded):
+        message = f"the server is busy: too many requests are queued; {e}"
+        body = error_body(message, "rate_limit_error", code="queue_full")
+        return JSONResponse({"error": body}, status_code=429, headers=retry_headers(e.retry_after))
+    body = error_body(SHUTDOWN, "server_error", code="server_shutting_down")
+    return JSONResponse({"error": body}, status_code=503)
+
+
+def _failure_body(failure: Failure) -> dict:
+    if failure.shutdown:
+        return error_body(failure.message, "server_error", code="server_shutting_down")
+    return error_body(f"generation failed: {failure.message}", "server_error")
+
+
+def failure_response(failure: Failure) -> JSONResponse:
+    """A generation that failed (500) or that the server's shutdown ended (503)."""
     return JSONResponse(
-        {
-            "error": error_body(
-                "the server is busy: too many requests are queued; retry shortly",
-                "rate_limit_error",
-                code="queue_full",
-            )
-        },
-        status_code=429,
-        headers={"Retry-After": RETRY_AFTER},
+        {"error": _failure_body(failure)}, status_code=503 if failure.shutdown else 500
     )
+
+
+def failure_event(failure: Failure) -> str | None:
+    """The stream's error event; None when the client left (nobody to tell)."""
+    if failure.message == "cancelled":
+        return None
+    return _sse({"error": _failure_body(failure)})
 
 
 def convert_messages(messages: list) -> list[dict]:
@@ -191,8 +206,8 @@ async def _start(request: Request, *, chat: bool):
         )
     except RequestError as e:
         return None, error_response(e)
-    except Overloaded:
-        return None, overloaded_response()
+    except Unavailable as e:
+        return None, unavailable_response(e)
     return options, job
 
 
@@ -233,10 +248,7 @@ async def chat_completions(request: Request) -> Response:
         elif isinstance(event, ToolCall):
             calls.append(_tool_call_json(event))
         elif isinstance(event, Failure):
-            return JSONResponse(
-                {"error": error_body(f"generation failed: {event.message}", "server_error")},
-                status_code=500,
-            )
+            return failure_response(event)
         else:
             finish = event
     message: dict[str, Any] = {
@@ -317,10 +329,8 @@ async def _chat_stream(engine: Engine, job, options: Options, meta: dict):
             )
             index += 1
         elif isinstance(event, Failure):
-            if event.message != "cancelled":
-                yield _sse(
-                    {"error": error_body(f"generation failed: {event.message}", "server_error")}
-                )
+            if error := failure_event(event):
+                yield error
             return
         else:
             yield chunk({}, FINISH[event.reason])

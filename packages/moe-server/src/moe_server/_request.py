@@ -4,6 +4,7 @@ own error shape."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from starlette.requests import Request
@@ -105,3 +106,12 @@ class ContextTooLong(RequestError):
     def anthropic_message(self) -> str:
         # Anthropic's own wording, which Claude Code reads to know how much to compact.
         return f"prompt is too long: {self.prompt_tokens} tokens > {self.limit - 1} maximum"
+
+
+def retry_headers(seconds: float) -> dict[str, str]:
+    """When to come back: `Retry-After` in whole seconds, and `retry-after-ms`, which the
+    OpenAI and Anthropic clients read first."""
+    return {
+        "Retry-After": str(max(1, math.ceil(seconds))),
+        "retry-after-ms": str(round(seconds * 1000)),
+    }

@@ -27,7 +27,7 @@ class Run:
     def __init__(self, engine, job, response: dict, messages: list[dict], store: Any):
         self.engine, self.job, self.response = engine, job, response
         self.messages, self.store = messages, store
-        self.failure: str | None = None
+        self.failure: Failure | None = None
         self._sequence = 0
         self._open: dict | None = None  # the reasoning or message item being written
 
@@ -57,10 +57,11 @@ class Run:
                 for e in [*self._close(), *self._call(event)]:
                     yield e
             elif isinstance(event, Failure):
-                self.failure = event.message
-                if event.message != "cancelled":
+                self.failure = event
+                if event.message != "cancelled":  # else the client left: nobody to tell
+                    code = "server_shutting_down" if event.shutdown else "server_error"
                     self.response["status"] = "failed"
-                    self.response["error"] = {"code": "server_error", "message": event.message}
+                    self.response["error"] = {"code": code, "message": event.message}
                     yield self._event("response.failed", response=self.response)
                 return
             elif isinstance(event, Finish):

@@ -16,12 +16,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ._engine import Engine
-from ._openai import convert_messages, error_body, error_response, overloaded_response
+from ._openai import (
+    convert_messages,
+    error_body,
+    error_response,
+    failure_response,
+    unavailable_response,
+)
 from ._openai_options import response_format as chat_response_format
 from ._request import RequestError, read_json
 from ._response_events import Run, new_id
 from ._validate import effort_thinking, get, positive_int, sampling, template_kwargs, text_of
-from ._worker import Overloaded
+from ._worker import Unavailable
 
 MAX_STORED = 256  # responses kept for previous_response_id and GET; the oldest go first
 _REFUSED = ("background", "conversation", "prompt")
@@ -203,8 +209,8 @@ async def create(request: Request) -> Response:
         )
     except RequestError as e:
         return error_response(e)
-    except Overloaded:
-        return overloaded_response()
+    except Unavailable as e:
+        return unavailable_response(e)
     response = _skeleton(body, engine, previous, instructions)
     run = Run(engine, job, response, conversation, store if keep else None)
     if stream:
@@ -212,10 +218,7 @@ async def create(request: Request) -> Response:
     async for _ in run.events(request):
         pass
     if run.failure is not None:
-        return JSONResponse(
-            {"error": error_body(f"generation failed: {run.failure}", "server_error")},
-            status_code=500,
-        )
+        return failure_response(run.failure)
     return JSONResponse(response)
 
 

@@ -2,12 +2,15 @@
 
 MLX is not thread-safe, so every `provider.stream` and `provider.stats` call happens here and
 the event loop only moves events. Requests wait in a bounded queue; a full queue refuses at
-once (the APIs answer 429/529) instead of letting latency grow without bound.
+once (the APIs answer 429/529) with the time a slot is expected to free, instead of letting
+latency grow without bound. At shutdown the worker drains: it takes no new job, fails those
+waiting, and gives the running one a grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -25,8 +28,23 @@ from ._text import ToolCall, ToolScanner
 log = logging.getLogger("moe_server")
 
 
-class Overloaded(Exception):
-    """The queue is full."""
+class Unavailable(Exception):
+    """The worker takes no job now: Overloaded or ShuttingDown."""
+
+
+class Overloaded(Unavailable):
+    """The queue is full; a slot is expected to free in `retry_after` seconds."""
+
+    def __init__(self, retry_after: float):
+        super().__init__(f"the queue is full; retry in {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Unavailable):
+    """The server is stopping and takes no new work."""
+
+
+SHUTDOWN = "the server is shutting down; retry on another or after it restarts"
 
 
 @dataclass(slots=True)
@@ -41,7 +59,8 @@ class Finish:
 
 @dataclass(slots=True)
 class Failure:
-    message: str
+    message: str  # "cancelled" when the client left: nobody is there to tell
+    shutdown: bool = False  # ended by the server stopping (503/529, worth a retry)
 
 
 @dataclass(slots=True)
@@ -69,21 +88,36 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
 
+    shutdown: bool = False  # cancelled because the server is stopping, not by its client
+
     def emit(self, event: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
     def cancel(self) -> None:
         self.cancelled.set()
 
+    def end(self) -> Failure:
+        """The Failure a cancelled job ends with."""
+        return Failure(SHUTDOWN, shutdown=True) if self.shutdown else Failure("cancelled")
+
 
 class Worker:
     """Owns the provider: a thread that runs queued jobs one at a time."""
 
+    # What a job is taken to last before one has finished (then: a running mean of their times).
+    FIRST_GUESS_S = 1.0
+
     def __init__(self, provider: Provider, *, max_queue: int):
         self.provider = provider
         self.max_queue = max_queue
-        self.waiting = 0  # touched only on the event loop
+        # Touched only on the event loop:
+        self.waiting = 0
         self.running = 0
+        self.draining = False
+        self.job_seconds = self.FIRST_GUESS_S
+        self._queued: collections.deque[Job] = collections.deque()
+        self._current: tuple[Job, float] | None = None  # the running job and when it started
+        self._promised: list[float] = []  # when refused clients were told a slot frees
         self.last_stats: dict = {}
         self.live = Sampler(provider)  # what the live page shows, sampled on this thread
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -101,40 +135,85 @@ class Worker:
             self._thread = None
 
     def submit(self, job: Job) -> Job:
-        """Queue a job, or raise Overloaded. Call on the event loop."""
+        """Queue a job, or raise Overloaded or ShuttingDown. Call on the event loop."""
+        if self.draining:
+            raise ShuttingDown
         # The running job does not count: max_queue is how many may wait behind it.
-        if self.waiting >= self.max_queue:
-            raise Overloaded
+        if self.waiting >= self.max_queue and (self.waiting or self.running):
+            raise Overloaded(self.retry_after())
         self.waiting += 1
+        self._queued.append(job)
         self._jobs.put(job)
         return job
 
-    def _started(self) -> None:
+    def retry_after(self) -> float:
+        """Seconds until a slot is expected to free for a client refused now: the running job's
+        rest, then one job for each client refused before it that has not come back yet, so
+        refused clients return one at a time rather than all at once. Half a job more: coming
+        back a little late costs nothing while the queue is full, coming early is refused."""
+        now = time.monotonic()
+        self._promised = [t for t in self._promised if t > now]
+        rest = self.job_seconds
+        if self._current is not None:
+            rest = max(self.job_seconds - (now - self._current[1]), 0.1 * self.job_seconds)
+        wait = rest + (len(self._promised) + 0.5) * self.job_seconds
+        self._promised.append(now + wait)
+        return wait
+
+    def drain(self, grace: float) -> None:
+        """Stop taking work: queued jobs end now with a shutdown Failure, the running one gets
+        `grace` seconds to finish before it is ended the same way. Call on the event loop."""
+        self.draining = True
+        for job in self._queued:
+            job.shutdown = True
+            job.cancel()
+            job.events.put_nowait(job.end())
+        if self._current is not None:
+            job = self._current[0]
+            asyncio.get_running_loop().call_later(grace, self._end_running, job)
+
+    def _end_running(self, job: Job) -> None:
+        if self._current is not None and self._current[0] is job:
+            job.shutdown = True
+            job.cancel()
+
+    def _started(self, job: Job) -> None:
         self.waiting -= 1
         self.running += 1
+        if self._queued and self._queued[0] is job:
+            self._queued.popleft()
+        else:
+            self._queued.remove(job)
+        self._current = (job, time.monotonic())
 
-    def _ended(self) -> None:
+    def _ended(self, job: Job, seconds: float | None) -> None:
         self.running -= 1
+        self._current = None
+        if seconds is not None:  # a job that ran: its time moves the running mean
+            self.job_seconds += 0.3 * (seconds - self.job_seconds)
 
     def _run(self) -> None:
         self._snapshot_stats()
         while (job := self._jobs.get()) is not None:
-            job.loop.call_soon_threadsafe(self._started)
+            job.loop.call_soon_threadsafe(self._started, job)
             self.live.begin(job)
             outcome = "failed"
+            started, seconds = time.perf_counter(), None
             try:
                 if not job.cancelled.is_set():
                     outcome = self._generate(job)
+                    if outcome != "cancelled":
+                        seconds = time.perf_counter() - started
                 else:
                     outcome = "cancelled"
-                    job.emit(Failure("cancelled"))
+                    job.emit(job.end())
             except Exception as e:  # a failing generation must not take the server down
                 log.exception("generation failed")
                 job.emit(Failure(f"{type(e).__name__}: {e}"))
             finally:
                 self.live.end(job, outcome)
                 self._snapshot_stats()
-                job.loop.call_soon_threadsafe(self._ended)
+                job.loop.call_soon_threadsafe(self._ended, job, seconds)
 
     def _snapshot_stats(self) -> None:
         sample = self.live.sample()
@@ -173,7 +252,7 @@ class Worker:
             if close is not None:
                 close()
         if job.cancelled.is_set():
-            job.emit(Failure("cancelled"))
+            job.emit(job.end())
             return "cancelled"
         if finish_reason is None:
             # An iterator that ends without a finish reason ran out of tokens.
@@ -229,4 +308,14 @@ def _finite(logprob: float) -> float:
     return max(float(logprob), -9999.0)
 
 
-__all__ = ["Failure", "Finish", "Job", "Overloaded", "TokenLogprob", "ToolCall", "Worker"]
+__all__ = [
+    "Failure",
+    "Finish",
+    "Job",
+    "Overloaded",
+    "ShuttingDown",
+    "TokenLogprob",
+    "ToolCall",
+    "Unavailable",
+    "Worker",
+]

@@ -1,0 +1,126 @@
+"""`moe serve` stopped by SIGTERM while streaming clients are connected: the running request
+finishes, the queued one gets the API's error event at once, new connections are refused, the
+resident experts are saved and the process exits 0. Also `--max-context` and `--queue`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+CHAT = [{"role": "user", "content": "hello"}]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def serve(checkpoint, tmp_path):
+    """Start `moe serve` with its own cache directory; yields (process, base url, cache)."""
+    procs = []
+
+    def start(*options):
+        port = free_port()
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+        args = [sys.executable, "-m", "moe_cli.main", "serve", str(checkpoint), "--port", str(port)]
+        proc = subprocess.Popen(
+            [*args, "--capacity", "4", "--disk-mbps", "1000", *map(str, options)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    return proc, url, tmp_path / "cache"
+            except httpx.TransportError:
+                time.sleep(0.2)
+        pytest.fail("moe serve did not answer within 120 s")
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_finishes_the_running_stream_fails_the_queued_one_and_exits_0(serve):
+    from openai import OpenAI
+
+    proc, url, cache = serve("--grace", 60)
+    client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    running = iter(
+        client.chat.completions.create(model="m", messages=CHAT, max_tokens=300, stream=True)
+    )
+    next(running), next(running)  # generating
+    queued: dict = {}
+
+    def anthropic_stream():
+        body = {"model": "m", "max_tokens": 20, "messages": CHAT, "stream": True}
+        with httpx.stream("POST", url + "/v1/messages", json=body, timeout=60) as response:
+            queued["text"] = response.read().decode()
+            queued["at"] = time.monotonic()
+
+    waiter = threading.Thread(target=anthropic_stream)
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while httpx.get(url + "/health").json()["queue_depth"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    waiter.join(30)
+    # The queued request: its API's error event at once, not a wait for the running one.
+    assert queued["at"] - signalled < 5
+    last = [f for f in queued["text"].split("\n\n") if f.strip()][-1]
+    assert last.startswith("event: error\n")
+    assert json.loads(last.split("data: ", 1)[1])["error"]["type"] == "overloaded_error"
+    # New connections are refused while the running request finishes.
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "/health", timeout=2)
+    chunks = list(running)
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")  # finished, not cut
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "stopped" in stderr
+    [state] = (cache / "moe" / "warm").glob("*.json")  # the resident experts, saved on the way out
+    assert state.stat().st_mtime > signalled
+
+
+def test_max_context_and_queue_options(serve):
+    proc, url, _ = serve("--max-context", 300, "--queue", 0)
+    [model] = httpx.get(url + "/v1/models").json()["data"]
+    assert model["context_length"] == 300
+    long = [{"role": "user", "content": "word " * 400}]
+    response = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": long})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    # --queue 0: while one request runs, another is refused, told when to come back.
+    body = {"model": "m", "messages": CHAT, "max_tokens": 200, "stream": True}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as running:
+        next(running.iter_lines())
+        refused = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False})
+        assert refused.status_code == 429
+        assert (
+            int(refused.headers["retry-after"]) >= 1 and int(refused.headers["retry-after-ms"]) > 0
+        )
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "context: 300 tokens (max_context given" in stderr
