@@ -1,127 +1,29 @@
-"""Tiny checkpoints with a ChatML tokenizer, built once per test session."""
+"""Tiny checkpoints (moe-testing's, with a Qwen3-style chat template), built once per test
+session, and the unmodified mlx-lm model to compare with."""
 
 from __future__ import annotations
 
-import json
 import types
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx_lm
 import pytest
-from mlx_lm.utils import save_config, save_model
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-WORDS = [
-    "the",
-    "a",
-    "cat",
-    "dog",
-    "sat",
-    "on",
-    "mat",
-    "hello",
-    "world",
-    "how",
-    "are",
-    "you",
-    "today",
-    "fine",
-    "thanks",
-    "what",
-    "is",
-    "your",
-    "name",
-]
-
-BASE = dict(
-    hidden_size=64,
-    num_hidden_layers=4,
-    intermediate_size=128,
-    num_attention_heads=4,
-    num_experts=16,
-    num_experts_per_tok=4,
-    decoder_sparse_step=1,
-    mlp_only_layers=[],
-    moe_intermediate_size=64,
-    rms_norm_eps=1e-6,
-    vocab_size=320,
-    num_key_value_heads=2,
-    head_dim=32,
-    rope_theta=10000.0,
-    tie_word_embeddings=False,
-    max_position_embeddings=2048,
-    norm_topk_prob=True,
-)
-FAMILIES = {
-    "qwen3_moe": {},
-    "qwen3_next": dict(
-        linear_num_value_heads=4,
-        linear_num_key_heads=2,
-        linear_key_head_dim=32,
-        linear_value_head_dim=32,
-        linear_conv_kernel_dim=4,
-        shared_expert_intermediate_size=64,
-        partial_rotary_factor=0.25,
-        full_attention_interval=2,
-    ),
-}
-
-
-def _tokenizer(path):
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    rng = __import__("random").Random(0)
-    text = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(300)]
-    tok.train_from_iterator(text, trainer)
-    tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(
-        json.dumps(
-            dict(
-                tokenizer_class="PreTrainedTokenizerFast",
-                eos_token="<|im_end|>",
-                pad_token="<|endoftext|>",
-                bos_token=None,
-                chat_template=CHAT_TEMPLATE,
-            )
-        )
-    )
-
-
-def build(family: str, path, **overrides):
-    import importlib
-
-    module = importlib.import_module(f"mlx_lm.models.{family}")
-    cfg = dict(BASE, model_type=family, **{**FAMILIES[family], **overrides})
-    mx.random.seed(1)
-    model = module.Model(module.ModelArgs.from_dict(cfg))
-    nn.quantize(model, 64, 4)
-    mx.eval(model.parameters())
-    cfg["quantization"] = {"group_size": 64, "bits": 4}
-    path.mkdir(parents=True)
-    save_model(path, model, donate_model=False)
-    save_config(cfg, path / "config.json")
-    _tokenizer(path)
-    return path
+# The runtime's fixture: moe-testing's checkpoint with more layers and experts than its default,
+# wider attention heads, 2048 positions (what the context-limit tests count on), and some routing
+# skew, as trained models have, so that a recorded profile has layers to tell apart.
+SIZES = dict(
+    num_layers=4, num_experts=16, top_k=4, head_dim=32, skew=0.5,
+    config_overrides={"max_position_embeddings": 2048},
+)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    built = {}
+def checkpoint(moe_checkpoint):
+    """`checkpoint(family="qwen3_moe") -> Path`: a tiny 4-bit checkpoint with a chat template."""
 
     def get(family: str = "qwen3_moe"):
-        if family not in built:
-            built[family] = build(family, tmp_path_factory.mktemp("ckpt") / family)
-        return built[family]
+        return moe_checkpoint(family, **SIZES)
 
     return get
 

@@ -14,6 +14,9 @@ import moe_core
 from moe_runtime import verify
 
 
+SHARD = "model-00001-of-00002.safetensors"
+
+
 def git_sha1(data: bytes) -> str:
     return hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
 
@@ -51,32 +54,32 @@ def test_a_good_download_verifies_by_its_hub_name(hub):
         verify("org/tiny", progress=lambda done, total: progress.append((done, total)))
     )
     assert {c.status for c in checks.values()} == {"ok"}, checks
-    assert checks["model.safetensors"].detail.startswith("sha256")
+    assert checks[SHARD].detail.startswith("sha256")
     assert checks["config.json"].detail.startswith("sha1")
     assert progress and progress[-1][0] == progress[-1][1]
 
 
 def test_random_bytes_behind_a_valid_header_are_found(hub):
-    shard = hub / "model.safetensors"
+    shard = hub / SHARD
     blob = shard.resolve()
     size = blob.stat().st_size
     with open(blob, "r+b") as f:  # keep the header, replace the tensor data's tail
         f.seek(size - 4096)
         f.write(os.urandom(4096))
     checks = by_name(verify(hub))
-    assert checks["model.safetensors"].status == "bad"
-    assert "recorded" in checks["model.safetensors"].detail
+    assert checks[SHARD].status == "bad"
+    assert "recorded" in checks[SHARD].detail
     assert checks["config.json"].status == "ok"
 
 
 def test_a_truncated_shard_is_named_even_without_hashes(checkpoint, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(checkpoint(), model)
-    with open(model / "model.safetensors", "r+b") as f:
+    with open(model / SHARD, "r+b") as f:
         f.truncate(f.seek(0, 2) - 1000)
     checks = by_name(verify(model))
-    assert checks["model.safetensors"].status == "bad"
-    assert "truncated" in checks["model.safetensors"].detail
+    assert checks[SHARD].status == "bad"
+    assert "truncated" in checks[SHARD].detail
     assert checks["config.json"].status == "unchecked"
 
 
@@ -98,10 +101,10 @@ def test_local_dir_downloads_are_checked_by_their_metadata(checkpoint, tmp_path)
     shutil.copytree(checkpoint(), model)
     meta = model / ".cache" / "huggingface" / "download"
     meta.mkdir(parents=True)
-    data = (model / "model.safetensors").read_bytes()
+    data = (model / SHARD).read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    (meta / "model.safetensors.metadata").write_text(f"{'b' * 40}\n{sha}\n1700000000.0\n")
+    (meta / f"{SHARD}.metadata").write_text(f"{'b' * 40}\n{sha}\n1700000000.0\n")
     checks = by_name(verify(model))
-    assert checks["model.safetensors"].status == "ok"
-    (meta / "model.safetensors.metadata").write_text(f"{'b' * 40}\n{'0' * 64}\n1700000000.0\n")
-    assert by_name(verify(model))["model.safetensors"].status == "bad"
+    assert checks[SHARD].status == "ok"
+    (meta / f"{SHARD}.metadata").write_text(f"{'b' * 40}\n{'0' * 64}\n1700000000.0\n")
+    assert by_name(verify(model))[SHARD].status == "bad"

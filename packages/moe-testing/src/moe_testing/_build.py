@@ -34,9 +34,7 @@ def build_checkpoint(spec: CheckpointSpec, out_dir: str | os.PathLike[str]) -> P
     geometry = spec.geometry
     hf_form = spec.layout in PER_EXPERT_LAYOUTS
     dtype = mx.float32 if spec.precision == "f32" else mx.bfloat16
-    config = family.config(geometry) | {
-        "torch_dtype": "float32" if dtype == mx.float32 else "bfloat16"
-    }
+    config = spec.config() | {"torch_dtype": "float32" if dtype == mx.float32 else "bfloat16"}
 
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from moe_testing._families import FAMILY, Family, Geometry
@@ -49,6 +52,11 @@ class CheckpointSpec:
     moe_intermediate_size: int | None = None
     num_experts: int | None = None
     top_k: int | None = None
+    # Attention head size, for the families whose config has one (default: the family's 16).
+    head_dim: int | None = None
+    # Any other config keys, set last: `{"max_position_embeddings": 2048}`. Given as a mapping;
+    # kept as sorted (key, JSON value) pairs so that the spec stays hashable.
+    config_overrides: Mapping[str, object] | tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         _choice("family", self.family, FAMILIES)
@@ -70,7 +78,17 @@ class CheckpointSpec:
             ):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
 
+        if isinstance(self.config_overrides, Mapping):
+            pairs = tuple(sorted((str(k), json.dumps(v)) for k, v in self.config_overrides.items()))
+            object.__setattr__(self, "config_overrides", pairs)
         family = FAMILY[self.family]
+        if self.head_dim is not None:
+            if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int):
+                raise ValueError(f"head_dim must be a positive even int, got {self.head_dim!r}")
+            if self.head_dim < 2 or self.head_dim % 2:
+                raise ValueError(f"head_dim must be a positive even int, got {self.head_dim}")
+            if "head_dim" not in family.config(self.geometry):
+                raise ValueError(f"{self.family} has no head_dim in its config")
         if self.layout in PER_EXPERT_LAYOUTS:
             if family.hf_projections is None:
                 raise ValueError(
@@ -99,6 +117,15 @@ class CheckpointSpec:
             top_k=self.top_k or d.top_k,
         )
 
+    def config(self) -> dict:
+        """The HF `config.json` of this checkpoint (before quantization adds its keys)."""
+        config = FAMILY[self.family].config(self.geometry)
+        if self.head_dim is not None:
+            config["head_dim"] = self.head_dim
+        assert isinstance(self.config_overrides, tuple)
+        config.update((k, json.loads(v)) for k, v in self.config_overrides)
+        return config
+
     @property
     def name(self) -> str:
         """A directory name that tells the specs apart, e.g. `qwen3_moe-stacked-q4-seed0`."""
@@ -110,6 +137,11 @@ class CheckpointSpec:
             for name in _GEOMETRY_FIELDS
             if getattr(self, name) is not None
         ]
+        if self.head_dim is not None:
+            parts.append(f"head_dim{self.head_dim}")
+        if self.config_overrides:
+            text = json.dumps(self.config_overrides).encode()
+            parts.append("config" + hashlib.sha256(text).hexdigest()[:8])
         return "-".join(parts)
 
 

@@ -21,7 +21,7 @@ def moe_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
     """`moe_checkpoint(family, layout="stacked", precision="q4", **overrides) -> Path`.
 
     `overrides` are the other `CheckpointSpec` fields: seed, skew, num_layers, hidden_size,
-    moe_intermediate_size, num_experts, top_k.
+    moe_intermediate_size, num_experts, top_k, head_dim and config_overrides (a dict).
     """
     # Imported here so that loading the plugin, in every pytest run, stays cheap.
     from moe_testing import CheckpointSpec, build_checkpoint
