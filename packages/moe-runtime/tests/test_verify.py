@@ -13,7 +13,6 @@ from mlx_lm.utils import load_model
 import moe_core
 from moe_runtime import verify
 
-
 SHARD = "model-00001-of-00002.safetensors"
 
 
