@@ -4,7 +4,8 @@ unmodified mlx-lm model fully resident on the same machine.
     python benchmarks/headline.py all --dir CKPT --memory 16GB --json results/headline.json
 
 `all` builds the checkpoint (qwen3_next: 48 layers x 512 experts, top-10, shared expert, 4-bit,
-~43 GB; expert bytes are random, everything else from mlx-lm's model class), measures the disk,
+~43 GB; moe-testing's bulk builder: expert bytes are random, everything else from mlx-lm's model
+class), measures the disk,
 then runs each contender in a fresh process with the page cache dropped: the unmodified model
 (where it fits) and moe at the budget. Routing is made skewed like real models': every embedding
 row shares one direction and each expert's router row gets `-scale * log(rank)` along it, so a few
@@ -21,7 +22,6 @@ import json
 import os
 import platform
 import pstats
-import struct
 import subprocess
 import sys
 import threading
@@ -29,145 +29,14 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-GEOMETRY = dict(
-    model_type="qwen3_next", hidden_size=2048, num_hidden_layers=48, intermediate_size=5120,
-    num_attention_heads=16, num_key_value_heads=2, head_dim=256, linear_num_value_heads=32,
-    linear_num_key_heads=16, linear_key_head_dim=128, linear_value_head_dim=128,
-    linear_conv_kernel_dim=4, num_experts=512, num_experts_per_tok=10, decoder_sparse_step=1,
-    shared_expert_intermediate_size=512, mlp_only_layers=[], moe_intermediate_size=512,
-    rms_norm_eps=1e-6, vocab_size=151936, rope_theta=5000000.0, partial_rotary_factor=0.25,
-    max_position_embeddings=262144, norm_topk_prob=True, tie_word_embeddings=False,
-    full_attention_interval=4, quantization={"group_size": 64, "bits": 4},
-)  # fmt: skip
-
-_ST = {"uint32": "U32", "bfloat16": "BF16", "float32": "F32", "float16": "F16"}
-_SHARD = 4 << 30
-
 
 def build(out: Path, *, layers: int, experts: int, skew: float, seed: int = 0) -> Path:
-    """Write the checkpoint; returns the directory. Skips the work when it is already there.
+    """Write the checkpoint with moe-testing's bulk builder (kept when it is already there);
+    `skew` is the share of the first layer's routings the busiest 20% of experts should take."""
+    from moe_testing import QWEN3_CODER_NEXT, BulkSpec, build_bulk_checkpoint
 
-    `skew` is the share of the first layer's routings the busiest 20% of experts should take.
-    """
-    import mlx.core as mx
-    import mlx.nn as nn
-    import numpy as np
-    from mlx.utils import tree_flatten
-    from mlx_lm.models import qwen3_next
-
-    config = dict(GEOMETRY, num_hidden_layers=layers, num_experts=experts)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "config.json").exists() and json.loads((out / "config.json").read_text()) == config:
-        return out
-    mx.random.seed(seed)
-    model = qwen3_next.Model(qwen3_next.ModelArgs.from_dict(config))
-    model.set_dtype(mx.bfloat16)
-    hidden = config["hidden_size"]
-    rng = np.random.default_rng(seed)
-    direction = rng.standard_normal(hidden).astype(np.float32)
-    direction /= np.linalg.norm(direction)
-    # A shared direction in every token's embedding, and per-expert router offsets along it.
-    embed = model.model.embed_tokens.weight
-    model.model.embed_tokens.weight = embed + mx.array(direction * 0.05).astype(embed.dtype)
-    offsets = -np.log(rng.permutation(experts) + 1).astype(np.float32)
-    scale = _calibrate(model, direction, offsets, experts, config["num_experts_per_tok"], skew)
-    for layer in model.model.layers:
-        gate = layer.mlp.gate
-        bump = mx.array(scale * offsets[:, None] * direction[None, :]).astype(gate.weight.dtype)
-        gate.weight = gate.weight + bump
-    nn.quantize(
-        model,
-        64,
-        4,
-        class_predicate=lambda p, m: hasattr(m, "to_quantized") and not p.endswith("mlp.gate"),
-    )
-    block = rng.integers(0, 2**32, size=64 << 20, dtype=np.uint32)  # reused random expert bytes
-    shards, header, sizes, current = [], {}, [], 0
-    files: list[list[tuple[str, object, tuple, str]]] = [[]]
-    for name, arr in tree_flatten(model.parameters()):
-        nbytes = arr.nbytes
-        if current + nbytes > _SHARD and files[-1]:
-            files.append([])
-            current = 0
-        files[-1].append((name, arr, tuple(arr.shape), _ST[str(arr.dtype).split(".")[-1]]))
-        current += nbytes
-    weight_map = {}
-    total = len(files)
-    for index, entries in enumerate(files):
-        fname = f"model-{index + 1:05d}-of-{total:05d}.safetensors"
-        header, offset = {}, 0
-        for name, arr, shape, dtype in entries:
-            header[name] = {
-                "dtype": dtype,
-                "shape": list(shape),
-                "data_offsets": [offset, offset + arr.nbytes],
-            }
-            offset += arr.nbytes
-            weight_map[name] = fname
-        raw = json.dumps(header).encode()
-        raw += b" " * (-len(raw) % 8)
-        with open(out / fname, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)) + raw)
-            for name, arr, _, dtype in entries:
-                if ".switch_mlp." in name:
-                    _write_random(f, name, arr.nbytes, block, dtype, rng)
-                else:
-                    mx.eval(arr)
-                    view = arr.view(mx.uint16) if arr.dtype == mx.bfloat16 else arr
-                    f.write(np.array(view).tobytes())
-        shards.append(fname)
-        sizes.append(offset)
-    (out / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map})
-    )
-    (out / "config.json").write_text(json.dumps(config))
-    return out
-
-
-def _calibrate(model, direction, offsets, experts: int, top_k: int, target: float) -> float:
-    """The router offset scale at which the busiest 20% of experts take `target` of the first
-    layer's routings, on the (normalised) embeddings of 4096 random tokens."""
-    import mlx.core as mx
-    import numpy as np
-
-    rng = np.random.default_rng(1)
-    ids = mx.array(rng.integers(0, model.args.vocab_size, size=4096))
-    x = model.model.embed_tokens(ids).astype(mx.float32)
-    x = x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + 1e-6)
-    base = x @ model.model.layers[0].mlp.gate.weight.astype(mx.float32).T
-    along = np.array(x @ mx.array(direction))[:, None] * offsets[None, :]
-    base = np.array(base)
-
-    def share(scale: float) -> float:
-        picks = np.argpartition(-(base + scale * along), top_k, axis=-1)[:, :top_k]
-        counts = np.sort(np.bincount(picks.ravel(), minlength=experts))[::-1]
-        return counts[: experts // 5].sum() / counts.sum()
-
-    low, high = 0.0, 1.0
-    while share(high) < target and high < 1e6:
-        high *= 2
-    for _ in range(30):
-        mid = (low + high) / 2
-        low, high = (mid, high) if share(mid) < target else (low, mid)
-    return high
-
-
-def _write_random(f, name: str, nbytes: int, block, dtype: str, rng) -> None:
-    import numpy as np
-
-    if dtype != "U32":
-        # Scale 2^-10 and bias -7.5 scales: 4-bit weights centred on zero. (Biases equal to the
-        # scales made every weight positive, so each expert added the same direction to every
-        # token's hidden state and later layers' routers all picked the same few experts.)
-        bits = 0x3A80 if name.endswith("scales") else 0xBBF0
-        f.write(np.full(nbytes // 2, bits, dtype=np.uint16).tobytes())
-        return
-    raw = block.view(np.uint8)
-    while nbytes:
-        start = int(rng.integers(0, raw.size // 2))
-        n = min(nbytes, raw.size - start)
-        f.write(raw[start : start + n].data)
-        nbytes -= n
+    config = dict(QWEN3_CODER_NEXT, num_hidden_layers=layers, num_experts=experts)
+    return build_bulk_checkpoint(BulkSpec(config, skew=skew, seed=seed), out)
 
 
 def drop_page_cache(model: Path) -> None:
@@ -405,8 +274,9 @@ def main() -> None:
     subprocess.run([sys.executable, __file__, "build", "--dir", str(args.dir), "--layers",
                     str(args.layers), "--experts", str(args.experts), "--skew", str(args.skew)],
                    check=True)  # fmt: skip
-    report = {"machine": machine(), "build_s": time.perf_counter() - start, "geometry": dict(
-        GEOMETRY, num_hidden_layers=args.layers, num_experts=args.experts), "skew": args.skew,
+    config = json.loads((args.dir / "config.json").read_text())
+    report = {"machine": machine(), "build_s": time.perf_counter() - start, "geometry": config,
+        "skew": args.skew,
         "checkpoint_gb": sum(p.stat().st_size for p in args.dir.glob("*.safetensors")) / 1e9}  # fmt: skip
     print(f"built {report['checkpoint_gb']:.1f} GB in {report['build_s']:.0f} s", flush=True)
     report["disk"] = disk(args.dir)

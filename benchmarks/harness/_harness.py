@@ -256,7 +256,7 @@ def _describe(model: Path, cfg: BenchConfig, config: dict, sizes: dict) -> dict:
             "top_k": config.get("num_experts_per_tok"), "hidden_size": config.get("hidden_size"),
             "moe_intermediate_size": config.get("moe_intermediate_size"),
             "expert_bytes_total": sizes["experts"], "non_expert_bytes": sizes["dense"]}  # fmt: skip
-    built = model / "bench.json"
+    built = model / "bulk.json"
     if built.exists():
         info["built"] = json.loads(built.read_text())
     return info
