@@ -1,7 +1,12 @@
 """Test sessions: one per package in an environment holding only what that package declares,
-one with every package for the root integration tests, the layering contract, and lint."""
+one with every package for the root integration tests, the layering contract, lint, and the
+packages as they would be published (built without workspace sources, metadata checked)."""
 
 from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
 
 import nox
 
@@ -50,3 +55,32 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.8")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11")
+def dist(session: nox.Session) -> None:
+    """Each published package builds on its own, without workspace sources; its metadata passes
+    `twine check --strict`; its siblings are pinned to the same version (`moe-core==X`)."""
+    session.install("twine>=6.1")
+    out = Path(session.create_tmp()) / "dist"
+    for old in out.glob("*"):
+        old.unlink()  # a dist of an earlier run would be checked as if built now
+    for package in PACKAGES:
+        session.run(
+            "uv", "build", "--no-sources", "--quiet", "--out-dir", str(out),
+            f"packages/{package}", external=True,
+        )  # fmt: skip
+    dists = sorted(str(p) for p in (*out.glob("*.whl"), *out.glob("*.tar.gz")))
+    session.run("twine", "check", "--strict", *dists)
+    for wheel in sorted(out.glob("*.whl")):
+        _check_pins(session, wheel)
+
+
+def _check_pins(session: nox.Session, wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as z:
+        name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = z.read(name).decode()
+    version = re.search(r"^Version: (\S+)$", metadata, re.M).group(1)
+    for requirement in re.findall(r"^Requires-Dist: (moe-[\w-]+.*)$", metadata, re.M):
+        if not re.fullmatch(rf"moe-[\w-]+\s*==\s*{re.escape(version)}", requirement):
+            session.error(f"{wheel.name}: {requirement!r} is not pinned to =={version}")
