@@ -150,7 +150,7 @@ def test_the_stop_button_cancels_a_long_answer(server, browser):
     )
     assert len(last_answer(browser)["text"]) == stopped_at
     assert browser.find_element("id", "send").is_enabled()
-    last = hello(server.url)["requests"][-1]
+    last = hello(server.url)["requests"][-1]  # the request the worker recorded last
     assert last["outcome"] == "cancelled" and last["tokens"] < 400
     assert console_errors(browser) == []
 

@@ -452,3 +452,24 @@ def test_rates_span_about_a_second_of_samples():
     assert "tok_s" not in points[0]  # nothing to compare the first sample with
     # Between consecutive samples the rate would jump between 0 and 4 tok/s; over a second it is 2.
     assert [p["tok_s"] for p in points[4:]] == [2.0] * 5
+
+
+def test_a_page_that_opens_sees_a_request_that_just_ended():
+    """A request recorded by the worker after the last tick is in the next page's hello (and
+    in the next tick, for the pages already open; the page skips ids it has)."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from moe_server._events import LiveFeed
+
+    sampler = SimpleNamespace(
+        recent=deque(), requests=deque(), interval=0.25, listeners=0, latest=None
+    )
+    feed = LiveFeed(SimpleNamespace(live=sampler, waiting=0, running=0), model="m", limits={})
+    sampler.requests.append((1, {"id": 1, "outcome": "cancelled"}))
+    hello = json.loads(feed.hello().split("data: ", 1)[1])
+    assert [r["id"] for r in hello["requests"]] == [1]
+    tick = json.loads(feed.step().split("data: ", 1)[1])
+    assert [r["id"] for r in tick["requests"]] == [1]
+    hello = json.loads(feed.hello().split("data: ", 1)[1])
+    assert [r["id"] for r in hello["requests"]] == [1]  # once, not twice

@@ -96,9 +96,9 @@ class LiveFeed:
         samples = [s for s in list(self.sampler.recent) if s.seq > seen]
         sample = samples[-1] if samples else None
         queue = (self.worker.waiting, self.worker.running)
-        ended = [r for i, r in list(self.sampler.requests) if i > self._request_id]
-        if self.sampler.requests:
-            self._request_id = self.sampler.requests[-1][0]
+        ended = self._pending_requests()
+        if ended:
+            self._request_id = ended[-1]["id"]
         fresh = sample is not None
         if not fresh and queue == self._queue and not ended:
             return None
@@ -134,6 +134,9 @@ class LiveFeed:
             self._recent.popleft()
         return self._recent[0] if self._recent else None
 
+    def _pending_requests(self) -> list[dict]:
+        return [r for i, r in list(self.sampler.requests) if i > self._request_id]
+
     def hello(self) -> str:
         """Everything a page needs to draw itself now: settings, budget, history, the grid."""
         sample = self._seen or self.sampler.latest
@@ -150,7 +153,8 @@ class LiveFeed:
             "experts": int(grid.shape[1]) if grid is not None else 0,
             "heat": _b64(grid) if grid is not None else None,
             "history": list(self.history),
-            "requests": list(self.finished),
+            # ended requests, also those the next tick will announce (a page skips ids it has)
+            "requests": [*self.finished, *self._pending_requests()],
             "waiting": self.worker.waiting,
             "running": self.worker.running,
         }

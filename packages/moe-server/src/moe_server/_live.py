@@ -136,6 +136,7 @@ class Sampler:
             (
                 self._requests,
                 {
+                    "id": self._requests,
                     "t": time.time(),
                     "ttft_s": None if state.first is None else state.first - state.submitted,
                     "prompt_tokens": state.prompt_tokens,

@@ -384,7 +384,10 @@
   function pushPoint(p) {
     for (const name of ['hit', 'mbtok', 'read', 'toks', 'queue']) charts[name].push(p.t, p);
   }
+  let lastRequest = 0;
   function pushRequest(r) {
+    if (r.id <= lastRequest) return; // a hello and the next tick may both carry it
+    lastRequest = r.id;
     charts.ttft.push(r.t, r);
   }
   function drawCharts() {
@@ -490,6 +493,7 @@
     if (hello.heat) heatUpdate(hello.heat);
     else heatDraw();
     for (const chart of Object.values(charts)) chart.reset();
+    lastRequest = 0;
     hello.history.forEach(pushPoint);
     hello.requests.forEach(pushRequest);
     drawCharts();
