@@ -2,15 +2,17 @@
 
 Every `.py` file under the standard library and site-packages is read once (duplicates by content
 are dropped), split into train and held-out by a hash of its content, and tokenized with a
-byte-level BPE trained on a sample of the training files. A small share of the training documents
-are ChatML conversations made from functions with docstrings (docstring as the user's message,
-the function as the assistant's answer), so chat mode answers with code.
+byte-level BPE trained on a sample of the training files and of the agent conversations. A small
+share of the training documents are ChatML conversations made from functions with docstrings
+(docstring as the user's message, the function as the assistant's answer), so chat mode answers
+with code; a larger share are the tool-call conversations of agent_data.py.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import multiprocessing
 import site
 import sysconfig
@@ -24,14 +26,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
-SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+# Single tokens, as in Qwen3's vocabulary; mlx-lm finds thinking by <think> and </think> in it.
+TAGS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END, *TAGS]
+CHAT_TEMPLATE = (Path(__file__).parent / "chat_template.jinja").read_text()
 
 
 @dataclass(slots=True, frozen=True)
@@ -40,21 +38,33 @@ class DataConfig:
     max_file_bytes: int
     max_line_chars: int
     tokenizer_sample_files: int
+    tokenizer_sample_conversations: int
     vocab_size: int
     chat_share: float
+    agent_share: float
+    agent_seed: int
+    heldout_agent_bytes: int
     max_files: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.heldout_percent < 100:
             raise ValueError(f"heldout_percent must be in (0, 100), got {self.heldout_percent}")
-        if not 0 <= self.chat_share < 1:
-            raise ValueError(f"chat_share must be in [0, 1), got {self.chat_share}")
+        if not (
+            self.chat_share >= 0
+            and self.agent_share >= 0
+            and self.chat_share + self.agent_share < 1
+        ):
+            raise ValueError("chat_share and agent_share must be >= 0 and sum to less than 1")
 
 
 @dataclass(slots=True, frozen=True)
 class Document:
     digest: str
     text: str
+
+
+def digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 def source_roots() -> list[Path]:
@@ -89,8 +99,7 @@ def read_documents(roots: list[Path], config: DataConfig) -> list[Document]:
             # Tokenizer sources spell the special tokens out; in the stream they would end documents.
             if any(token in text for token in SPECIAL_TOKENS):
                 continue
-            digest = hashlib.sha1(text.encode("utf-8")).hexdigest()
-            seen.setdefault(digest, Document(digest, text))
+            seen.setdefault(digest(text), Document(digest(text), text))
     documents = sorted(seen.values(), key=lambda d: d.digest)
     return documents[: config.max_files] if config.max_files else documents
 
@@ -99,7 +108,8 @@ def is_heldout(document: Document, percent: int) -> bool:
     return int(document.digest[:8], 16) % 100 < percent
 
 
-def train_tokenizer(documents: list[Document], config: DataConfig) -> Tokenizer:
+def train_tokenizer(documents: list[Document], config: DataConfig, extra: list[str]) -> Tokenizer:
+    """A byte-level BPE over a sample of the files and `extra` texts; the tags are not special."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -109,9 +119,14 @@ def train_tokenizer(documents: list[Document], config: DataConfig) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    sample = [d.text for d in documents[: config.tokenizer_sample_files]]
+    sample = [d.text for d in documents[: config.tokenizer_sample_files]] + extra
     tokenizer.train_from_iterator(sample, trainer=trainer)
-    return tokenizer
+    # Special tokens are dropped by decode(skip_special_tokens=True); the tags must survive it,
+    # so that a streamed answer keeps them for the reasoning and tool-call parsers.
+    spec = json.loads(tokenizer.to_str())
+    for added in spec["added_tokens"]:
+        added["special"] = added["content"] not in TAGS
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def _chat_samples(text: str) -> list[str]:
@@ -140,11 +155,19 @@ def _chat_samples(text: str) -> list[str]:
             f"Implement {node.name}() in Python: {request}",
         )
         prompt = prompts[len(source) % len(prompts)]
+        answer = f"```python\n{code}\n```"
         samples.append(
-            f"{IM_START}user\n{prompt}{IM_END}\n"
-            f"{IM_START}assistant\n```python\n{code}\n```{IM_END}\n"
+            render([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
         )
     return samples
+
+
+def render(messages: list[dict], tools: list[dict] | None = None) -> str:
+    """A whole conversation as the chat template writes it (transformers' own renderer)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template([messages], tools=tools, chat_template=CHAT_TEMPLATE)
+    return rendered[0]
 
 
 def chat_documents(documents: list[Document], share: float, workers: int) -> list[Document]:
@@ -157,7 +180,7 @@ def chat_documents(documents: list[Document], share: float, workers: int) -> lis
     with multiprocessing.Pool(workers) as pool:
         for samples in pool.imap(_chat_samples, (d.text for d in documents), chunksize=64):
             for sample in samples:
-                chats.append(Document(hashlib.sha1(sample.encode()).hexdigest(), sample))
+                chats.append(Document(digest(sample), sample))
                 total += len(sample)
             if total >= budget:
                 pool.terminate()

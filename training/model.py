@@ -1,10 +1,10 @@
-"""A qwen2_moe decoder in plain PyTorch, for training the demo model.
+"""A qwen3_moe decoder in plain PyTorch, for training the demo model.
 
-It computes what mlx-lm's `models/qwen2_moe.py` computes (softmax router, top-k without
-renormalisation, SwiGLU experts, a shared expert behind a sigmoid gate, rotate-half RoPE, q/k/v
-biases), and `hf_state_dict` writes its weights under the Hugging Face `Qwen2MoeForCausalLM` names
-with one tensor per expert, which `mlx_lm.convert` stacks into `switch_mlp`.
-The experts run as two grouped matrix products over tokens sorted by expert.
+It computes what mlx-lm's `models/qwen3_moe.py` computes (softmax router, top-k renormalised when
+`norm_topk_prob`, SwiGLU experts, per-head RMSNorm on queries and keys before rotate-half RoPE, a
+head size of its own), and `hf_state_dict` writes its weights under the Hugging Face
+`Qwen3MoeForCausalLM` names with one tensor per expert, which `mlx_lm.convert` stacks into
+`switch_mlp`. The experts run as two grouped matrix products over tokens sorted by expert.
 """
 
 from __future__ import annotations
@@ -24,44 +24,39 @@ class ModelConfig:
     num_hidden_layers: int
     num_attention_heads: int
     num_key_value_heads: int
+    head_dim: int
     num_experts: int
     num_experts_per_tok: int
     moe_intermediate_size: int
-    shared_expert_intermediate_size: int
     max_position_embeddings: int
     rope_theta: float
     rms_norm_eps: float
     router_aux_loss_coef: float
-    norm_topk_prob: bool = False
+    norm_topk_prob: bool = True
     initializer_range: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError("hidden_size must be a multiple of num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         if not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ValueError("num_experts_per_tok must be in [1, num_experts]")
-        # mlx-lm's qwen2_moe never renormalises the top-k weights, whatever the config says.
-        if self.norm_topk_prob:
-            raise ValueError("norm_topk_prob must be false: mlx-lm's qwen2_moe ignores it")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        if self.head_dim % 2:
+            raise ValueError("head_dim must be even (rotate-half RoPE)")
 
     def hf_config(self, *, eos_token_ids: list[int], pad_token_id: int) -> dict:
-        """config.json for `Qwen2MoeForCausalLM` and mlx-lm's `qwen2_moe`."""
+        """config.json for `Qwen3MoeForCausalLM` and mlx-lm's `qwen3_moe`."""
         fields = asdict(self)
         fields.pop("router_aux_loss_coef")
         return {
-            "architectures": ["Qwen2MoeForCausalLM"],
-            "model_type": "qwen2_moe",
+            "architectures": ["Qwen3MoeForCausalLM"],
+            "model_type": "qwen3_moe",
             **fields,
-            "intermediate_size": self.shared_expert_intermediate_size,
+            # Unused: every layer is sparse. mlx-lm's ModelArgs requires the field.
+            "intermediate_size": 4 * self.hidden_size,
             "decoder_sparse_step": 1,
             "mlp_only_layers": [],
             "hidden_act": "silu",
+            "attention_bias": False,
             "attention_dropout": 0.0,
             "use_sliding_window": False,
             "tie_word_embeddings": False,
@@ -86,17 +81,19 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads = config.num_attention_heads
         self.n_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
+        self.head_dim = hd = config.head_dim
         dim = config.hidden_size
-        self.q_proj = nn.Linear(dim, self.n_heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=False)
+        self.q_proj = nn.Linear(dim, self.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(dim, self.n_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(dim, self.n_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * hd, dim, bias=False)
+        self.q_norm = nn.RMSNorm(hd, eps=config.rms_norm_eps)
+        self.k_norm = nn.RMSNorm(hd, eps=config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
-        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_norm(self.q_proj(x).view(B, L, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin  # [B, H, L, D]
         k = k * cos + rotate_half(k) * sin
@@ -104,17 +101,6 @@ class Attention(nn.Module):
             q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
         )
         return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -130,13 +116,12 @@ class SparseMoeBlock(nn.Module):
         inter = config.moe_intermediate_size
         self.num_experts = E
         self.top_k = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
         self.intermediate = inter
         self.gate = nn.Linear(D, E, bias=False)
         # Rows [0, inter) of gate_up are the experts' gate_proj, the rest their up_proj.
         self.gate_up = nn.Parameter(torch.empty(E, 2 * inter, D))
         self.down = nn.Parameter(torch.empty(E, D, inter))
-        self.shared_expert = MLP(D, config.shared_expert_intermediate_size)
-        self.shared_expert_gate = nn.Linear(D, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, L, D = x.shape
@@ -144,6 +129,8 @@ class SparseMoeBlock(nn.Module):
         router_logits = self.gate(flat).float()  # [N, E]
         probs = router_logits.softmax(dim=-1)
         weights, experts = probs.topk(self.top_k, dim=-1)  # [N, k]
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
 
         expert_ids = experts.reshape(-1)  # [N*k]
         sorted_ids, order = expert_ids.sort()
@@ -162,8 +149,7 @@ class SparseMoeBlock(nn.Module):
 
         routed = torch.zeros_like(out).index_copy_(0, order, out)  # back to token order
         routed = routed.view(-1, self.top_k, D).sum(dim=1)
-        shared = torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
-        return (routed.to(shared.dtype) + shared).view(B, L, D), router_logits
+        return routed.to(x.dtype).view(B, L, D), router_logits
 
 
 class DecoderLayer(nn.Module):
@@ -180,7 +166,7 @@ class DecoderLayer(nn.Module):
         return h + r, router_logits
 
 
-class Qwen2Moe(nn.Module):
+class Qwen3Moe(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -208,10 +194,14 @@ class Qwen2Moe(nn.Module):
             scale = 1 / math.sqrt(2 * self.config.num_hidden_layers)
             layer.self_attn.o_proj.weight.data.mul_(scale)
             layer.mlp.down.data.mul_(scale)
-            layer.mlp.shared_expert.down_proj.weight.data.mul_(scale)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits [B, L, V] and each layer's router logits [B*L, E]."""
+        h, router_logits = self.hidden(tokens)
+        return self.lm_head(h), router_logits
+
+    def hidden(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The final normed hidden states [B, L, D] and each layer's router logits."""
         L = tokens.shape[1]
         positions = torch.arange(L, device=tokens.device, dtype=torch.float32)
         freqs = torch.outer(positions, self.inv_freq)
@@ -222,11 +212,11 @@ class Qwen2Moe(nn.Module):
         for layer in self.layers:
             h, logits = layer(h, cos, sin)
             router_logits.append(logits)
-        return self.lm_head(self.norm(h)), router_logits
+        return self.norm(h), router_logits
 
 
 def load_balancing_loss(router_logits: list[torch.Tensor], top_k: int) -> torch.Tensor:
-    """transformers' Qwen2-MoE auxiliary loss, taken per layer and averaged over layers.
+    """transformers' Qwen3-MoE auxiliary loss, taken per layer and averaged over layers.
 
     transformers pools all layers' router logits before taking it, which balances expert index e
     across layers rather than within each layer; per layer keeps every layer's experts in use.
@@ -242,8 +232,8 @@ def load_balancing_loss(router_logits: list[torch.Tensor], top_k: int) -> torch.
     return torch.stack(losses).mean()
 
 
-def hf_state_dict(model: Qwen2Moe) -> dict[str, torch.Tensor]:
-    """The weights under `Qwen2MoeForCausalLM` names, one tensor per expert, in bfloat16."""
+def hf_state_dict(model: Qwen3Moe) -> dict[str, torch.Tensor]:
+    """The weights under `Qwen3MoeForCausalLM` names, one tensor per expert, in bfloat16."""
     config = model.config
     inter = config.moe_intermediate_size
     out: dict[str, torch.Tensor] = {}

@@ -1,4 +1,4 @@
-"""The training model against a per-token reference and against mlx-lm's qwen2_moe.
+"""The training model against a per-token reference and against mlx-lm's qwen3_moe.
 
     pytest training/test_model.py
 
@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from model import ModelConfig, Qwen2Moe, SparseMoeBlock, hf_state_dict  # noqa: E402
+from model import ModelConfig, Qwen3Moe, SparseMoeBlock, hf_state_dict  # noqa: E402
 
 TINY = ModelConfig(
     vocab_size=128,
@@ -26,10 +26,10 @@ TINY = ModelConfig(
     num_hidden_layers=2,
     num_attention_heads=2,
     num_key_value_heads=1,
+    head_dim=16,
     num_experts=8,
     num_experts_per_tok=3,
     moe_intermediate_size=32,
-    shared_expert_intermediate_size=64,
     max_position_embeddings=64,
     rope_theta=10000.0,
     rms_norm_eps=1e-6,
@@ -38,18 +38,17 @@ TINY = ModelConfig(
 
 
 def reference_moe(block: SparseMoeBlock, x: torch.Tensor) -> torch.Tensor:
-    """The sparse block token by token, the way mlx-lm's Qwen2MoeSparseMoeBlock reads."""
+    """The sparse block token by token, the way mlx-lm's Qwen3MoeSparseMoeBlock reads."""
     inter = block.intermediate
     out = torch.zeros_like(x)
     for t, row in enumerate(x):
         probs = block.gate(row).float().softmax(-1)
         weights, experts = probs.topk(block.top_k)
+        weights = weights / weights.sum()
         for w, e in zip(weights, experts, strict=True):
             gate_up = block.gate_up[e] @ row
             h = torch.nn.functional.silu(gate_up[:inter]) * gate_up[inter:]
             out[t] += w * (block.down[e] @ h)
-        shared = block.shared_expert(row)
-        out[t] += torch.sigmoid(block.shared_expert_gate(row)) * shared
     return out
 
 
@@ -58,7 +57,7 @@ def test_sparse_block_matches_reference(device):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
     torch.manual_seed(0)
-    model = Qwen2Moe(TINY).to(device)
+    model = Qwen3Moe(TINY).to(device)
     block = model.layers[0].mlp
     x = torch.randn(1, 40, TINY.hidden_size, device=device)
     got, _ = block(x)
@@ -68,7 +67,7 @@ def test_sparse_block_matches_reference(device):
 
 def test_grads_reach_every_picked_expert():
     torch.manual_seed(0)
-    model = Qwen2Moe(TINY)
+    model = Qwen3Moe(TINY)
     logits, _ = model(torch.randint(0, TINY.vocab_size, (2, 32)))
     logits.sum().backward()
     grad = model.layers[0].mlp.gate_up.grad
@@ -81,12 +80,11 @@ def test_logits_match_mlx_lm(tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    model = Qwen2Moe(TINY)
+    model = Qwen3Moe(TINY)
     with torch.no_grad():
-        for layer in model.layers:  # non-zero biases, so their names and layout are checked
-            layer.self_attn.q_proj.bias.normal_(std=0.1)
-            layer.self_attn.k_proj.bias.normal_(std=0.1)
-            layer.self_attn.v_proj.bias.normal_(std=0.1)
+        for layer in model.layers:  # non-trivial norms, so their names and layout are checked
+            layer.self_attn.q_norm.weight.normal_(1.0, 0.2)
+            layer.self_attn.k_norm.weight.normal_(1.0, 0.2)
         for p in model.parameters():  # the checkpoint is bfloat16: compare on the same weights
             p.copy_(p.to(torch.bfloat16).float())
     config = TINY.hf_config(eos_token_ids=[2, 0], pad_token_id=0)
@@ -95,7 +93,7 @@ def test_logits_match_mlx_lm(tmp_path):
 
     mlx_model, _ = mlx_lm_utils.load_model(tmp_path)
     mlx_model.set_dtype(mx.float32)
-    tokens = torch.randint(0, TINY.vocab_size, (1, 48))
+    tokens = torch.randint(0, TINY.vocab_size, (1, 60))
     want = mlx_model(mx.array(tokens.numpy()))
     with torch.no_grad():
         got, _ = model(tokens)
