@@ -7,7 +7,8 @@ from pathlib import Path
 def demo_model_path() -> Path:
     """The folder of the shipped demo model, ready for `mlx_lm.load`.
 
-    A small qwen2_moe trained on Python source (see training/README.md in the repository).
+    A small qwen3_moe trained on Python source and tool-call conversations, with Qwen's tool-call
+    and thinking chat template (see training/README.md in the repository).
     """
     folder = resources.files("moe_runtime") / "demo"
     path = Path(str(folder))
