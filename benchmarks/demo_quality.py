@@ -4,9 +4,9 @@ unoffloaded model at 100/50/25/12.5% of each layer's experts, for `miss="exact"`
     uv run python benchmarks/demo_quality.py [--tokens 1024]
 
 Held-out text: this project's own source (`packages/*/src/**/*.py`), which the model never saw (it
-was trained on a Python 3.12 standard library and site-packages). Teacher forcing in chunks of the
-model's 512-token context; chunk i's first token is not scored. `exact` must give the unoffloaded
-model's logits bit for bit (asserted). `skip` never loads on a miss, so its cache is warmed first
+was trained on a Python 3.12 standard library and site-packages). Teacher forcing in windows of
+`--chunk` tokens (512 by default); each window's first token is not scored. `exact` must give the
+unoffloaded model's logits bit for bit (asserted). `skip` never loads on a miss, so its cache is warmed first
 with each layer's most-routed experts on a separate warm-up text (this project's tests), up to
 capacity; what it does not hold is dropped. Writes `benchmarks/results/demo_quality.json`.
 """
@@ -31,7 +31,7 @@ from moe_runtime import demo_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-CONTEXT = 512  # the model's context; --chunk may score shorter windows
+CHUNK = 512  # tokens per teacher-forced window, by default
 FRACTIONS = (1.0, 0.5, 0.25, 0.125)
 TOP_SHARE = 0.2  # routing skew: share of routings taken by the top 20% of a layer's experts
 
@@ -135,14 +135,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1024, help="held-out tokens")
     parser.add_argument("--warmup-tokens", type=int, default=512, help="warm-up text tokens")
-    parser.add_argument(
-        "--chunk", type=int, default=CONTEXT, help="tokens per teacher-forced window"
-    )
+    parser.add_argument("--chunk", type=int, default=CHUNK, help="tokens per teacher-forced window")
     args = parser.parse_args()
-    if not 2 <= args.chunk <= CONTEXT:
-        parser.error(f"--chunk must be in [2, {CONTEXT}]")
-
     path = demo_model_path()
+    context = json.loads((path / "config.json").read_text())["max_position_embeddings"]
+    if not 2 <= args.chunk <= context:
+        parser.error(f"--chunk must be in [2, {context}], the model's context")
+
     ref, tokenizer = load(str(path))  # the unmodified mlx-lm model
     held_out = read_tokens(tokenizer, "packages/*/src/**/*.py", args.tokens)
     warm_text = read_tokens(tokenizer, "packages/*/tests/**/*.py", args.warmup_tokens)
