@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from _providers import ScriptedProvider
 
+import moe_core
 from moe_server._events import changed_grid, heat_grid, rates
 from moe_server._live import EVICTED, PAD, PINNED, READ, RESIDENT, Sample
 
@@ -108,7 +109,10 @@ def test_hello_describes_the_session(server, provider):
     assert hello["layers"] == len(handle.num_experts)
     assert hello["experts"] == max(handle.num_experts)
     assert hello["settings"]["capacity"] == handle.capacity
-    assert hello["settings"]["miss"] == "exact" and hello["settings"]["policy"] == "lfuda"
+    assert (
+        hello["settings"]["miss"] == "exact"
+        and hello["settings"]["policy"] == moe_core.DEFAULT_POLICY
+    )
     grid = _grid(hello, hello["layers"], hello["experts"])
     for layer, (resident, pinned) in enumerate(
         zip(handle.resident(), handle.pinned(), strict=True)

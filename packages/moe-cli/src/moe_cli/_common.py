@@ -43,7 +43,15 @@ ProfileOpt = Annotated[
     str | None,
     typer.Option("--profile", help="Routing profile (JSON) to size and warm the cache with."),
 ]
-PolicyOpt = Annotated[str, typer.Option("--policy", help="Cache policy: lfuda, lru, lfu or fifo.")]
+PolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--policy",
+        help="Expert cache policy (default: the profile's choice, else markov): markov, lfuda, "
+        "lru, lfu, fifo, s3fifo, stale or ahead.",
+        show_default=False,
+    ),
+]
 MissOpt = Annotated[
     str,
     typer.Option(

@@ -39,7 +39,7 @@ def chat(
     memory: MemoryOpt = None,
     capacity: CapacityOpt = None,
     profile: ProfileOpt = None,
-    policy: PolicyOpt = "lfuda",
+    policy: PolicyOpt = None,
     miss: MissOpt = "exact",
     kv_bits: KVBitsOpt = None,
 ) -> None:

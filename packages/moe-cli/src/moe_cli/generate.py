@@ -58,7 +58,7 @@ def generate(
     memory: MemoryOpt = None,
     capacity: CapacityOpt = None,
     profile: ProfileOpt = None,
-    policy: PolicyOpt = "lfuda",
+    policy: PolicyOpt = None,
     miss: MissOpt = "exact",
     kv_bits: KVBitsOpt = None,
     verbose: Annotated[

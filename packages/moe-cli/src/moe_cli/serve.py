@@ -83,7 +83,7 @@ def serve(
     memory: MemoryOpt = None,
     capacity: CapacityOpt = None,
     profile: ProfileOpt = None,
-    policy: PolicyOpt = "lfuda",
+    policy: PolicyOpt = None,
     miss: MissOpt = "exact",
     kv_bits: KVBitsOpt = None,
     disk_mbps: Annotated[

@@ -9,8 +9,8 @@ The public surface is what an embedding stack needs:
   per layer and why), `fingerprint`, `parse_size` (sizes are bytes or text such as "16GB"), the
   memory backends (`detect_backend`, `Backend` and its CPU, Metal and CUDA kinds);
 - `offload` and the `OffloadHandle` it returns (stats, resident sets, pins, observers), the
-  choices it takes (`MISS_MODES`, `POLICIES`) and the `ExpertCache` its layers (and the profile
-  simulator) run;
+  choices it takes (`MISS_MODES`, `POLICIES`, `DEFAULT_POLICY`) and the `ExpertCache` its
+  layers (and the profile simulator) run;
 - `pack`, `verify_pack` and `PACK_NAME`, the packed expert layout (a CRC-32C per record, checked
   when a record is first read);
 - `atomic_write`, how moe writes the files it reads back (all or nothing);
@@ -29,10 +29,11 @@ from ._miss import MISS_MODES
 from ._offload import offload
 from ._pack import PACK_NAME, pack, verify_pack
 from ._plan import Plan, plan_budget
-from ._policy import POLICIES
+from ._policy import DEFAULT_POLICY, POLICIES
 from ._size import parse_size
 
 __all__ = [
+    "DEFAULT_POLICY",
     "MISS_MODES",
     "PACK_NAME",
     "POLICIES",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._errors import BudgetError
-from ._policy import Policy, make_policy
+from ._policy import DEFAULT_POLICY, Policy, make_policy
 
 
 @dataclass(slots=True)
@@ -43,7 +43,7 @@ class ExpertCache:
 
     num_experts: int
     capacity: int
-    policy: Policy | str = "lfuda"
+    policy: Policy | str = DEFAULT_POLICY
     stats: CacheStats = field(default_factory=CacheStats)
     slot_of: np.ndarray = field(init=False)  # [E] slot of each expert, -1 when absent
     expert_in: np.ndarray = field(init=False)  # [C] expert in each slot, -1 when free

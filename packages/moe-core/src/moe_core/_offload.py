@@ -25,7 +25,7 @@ from ._miss import MISS_MODES, make_miss
 from ._observers import DeviceCounts, Observers
 from ._pack import PACK_NAME, open_pack
 from ._plan import Plan, plan_budget
-from ._policy import POLICIES
+from ._policy import DEFAULT_POLICY, POLICIES
 from ._reads import Lookahead, Reader
 from ._slots import SlotMemory
 from ._store import ExpertStore
@@ -39,7 +39,7 @@ def offload(
     capacity: int | list[int] | None = None,
     memory: int | str | None = None,
     reserve: int | str = 0,
-    policy: str = "lfuda",
+    policy: str = DEFAULT_POLICY,
     miss: str = "exact",
     threads: int = 4,
     packed: str | Path | None = "auto",

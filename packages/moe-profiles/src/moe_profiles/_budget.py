@@ -12,14 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._simulate import simulate
+from ._simulate import DEFAULT_POLICY, simulate
 from ._trace import Trace
 
 Curve = list[tuple[int, int]]  # (capacity, hits) points, capacity ascending
 
 
 def hit_curves(
-    trace: Trace, *, policy: str = "lfuda", min_slots: int | None = None, points: int = 12
+    trace: Trace, *, policy: str = DEFAULT_POLICY, min_slots: int | None = None, points: int = 12
 ) -> list[Curve]:
     """Per layer, hits at about `points` capacities from `min_slots` to all experts."""
     low = trace.top_k if min_slots is None else min_slots
@@ -34,7 +34,7 @@ def hit_curves(
 
 
 def refine_curves(
-    trace: Trace, curves: list[Curve], around: Sequence[int], *, policy: str = "lfuda"
+    trace: Trace, curves: list[Curve], around: Sequence[int], *, policy: str = DEFAULT_POLICY
 ) -> list[Curve]:
     """Add measurements at every capacity within a quarter of `around[layer]` of it, where the
     allocation is decided and linear interpolation between coarse points would mislead."""
@@ -94,7 +94,7 @@ def allocate_slots(
     trace: Trace,
     total_slots: int,
     *,
-    policy: str = "lfuda",
+    policy: str = DEFAULT_POLICY,
     min_slots: int | None = None,
     points: int = 12,
     refine: int = 2,
@@ -114,7 +114,7 @@ def measure_budget(
     trace: Trace,
     total_slots: int,
     *,
-    policy: str = "lfuda",
+    policy: str = DEFAULT_POLICY,
     min_slots: int | None = None,
     points: int = 12,
     refine: int = 2,

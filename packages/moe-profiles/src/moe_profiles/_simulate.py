@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import moe_core
 from moe_core import POLICIES, ExpertCache
 
 from ._trace import Trace
 
-# Measured best on the benchmarks (benchmarks/policies.py); see the package README.
-DEFAULT_POLICY = "lfuda"
+DEFAULT_POLICY = moe_core.DEFAULT_POLICY
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ def capacities_for(trace: Trace, capacity: int | float | Sequence[int]) -> list[
 def simulate(
     trace: Trace,
     capacity: int | float | Sequence[int],
-    policy: str = "lfuda",
+    policy: str = DEFAULT_POLICY,
     *,
     pinned: Mapping[int, Iterable[int]] | None = None,
     prefetch: Mapping[int, Iterable[int]] | None = None,

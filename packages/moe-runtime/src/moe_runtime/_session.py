@@ -43,6 +43,9 @@ class Session:
     """A model loaded once for many requests: experts offloaded to a memory budget, a prompt
     cache reused across calls and turns, and the resident experts saved for the next start.
 
+    `policy`: the expert cache's replacement policy; by default the one the profile chose on
+    its trace, else moe-core's `DEFAULT_POLICY`.
+
     Not thread-safe: one thread at a time.
     """
 
@@ -53,7 +56,7 @@ class Session:
         memory: int | str | None = None,
         capacity: int | list[int] | None = None,
         profile: str | Path | None = None,
-        policy: str = "lfuda",
+        policy: str | None = None,
         miss: str = "exact",
         kv_bits: int | None = None,
         cache_dir: str | Path | None = None,
@@ -91,7 +94,12 @@ class Session:
             if not isinstance(capacity, list):  # one number of slots, a memory budget, or neither
                 plan = self.profile.spread(plan)
         self.handle = moe_core.offload(
-            self.model, self.geometry, plan, policy=policy, miss=miss, backend=backend
+            self.model,
+            self.geometry,
+            plan,
+            policy=policy or (self.profile.policy if self.profile else moe_core.DEFAULT_POLICY),
+            miss=miss,
+            backend=backend,
         )
         mx.eval(self.model.parameters())  # non-expert weights; expert slots are already there
         self._warm_path = None
