@@ -55,9 +55,11 @@ def test_simulate_reports_policies_against_belady(run, recorded):
         (8, "lfuda"),
     }
     for row in rows:
-        assert 0 < row["hit_rate"] <= row["belady_hit_rate"] <= 1
+        assert row["fit_steps"] > 0 and row["held_out_steps"] > 0
+        for part in ("fit", "held_out"):
+            assert 0 <= row[f"{part}_hit_rate"] <= row[f"{part}_belady_hit_rate"] <= 1
     text = run("profile", "simulate", out / "t.npz", "--capacity", "0.5")
-    assert text.exit_code == 0 and "belady" in text.stdout
+    assert text.exit_code == 0 and "belady" in text.stdout and "held out" in text.stdout
 
 
 def test_profile_errors(run, checkpoint, tmp_path, one_line_error):

@@ -23,6 +23,8 @@ class FakeProfile:
         self._weights = data["weights"]
         self._counts = data["counts"]
         self.top_k = data["top_k"]
+        self.policy = data["policy"]
+        self.spread_slots = True
 
     @classmethod
     def load(cls, path):
@@ -66,6 +68,7 @@ def profile_file(checkpoint, tmp_path, monkeypatch):
         "weights": [2, 1, 2, 1],
         "top_k": 4,
         "counts": counts,
+        "policy": "s3fifo",
     }
     file = tmp_path / "profile.json"
     file.write_text(json.dumps(data))
@@ -76,6 +79,7 @@ def test_profile_sets_capacities_pins_and_prefetches(ref, profile_file, tmp_path
     path, file, data = profile_file
     with Session(path, capacity=6, profile=file, cache_dir=tmp_path) as s:
         assert s.handle.capacity == [8, 4, 8, 4]  # 24 slots spread 2:1:2:1
+        assert s.stats()["policy"] == "s3fifo"  # the policy the profile chose
         pinned = s.handle.pinned()
         # Layer 1 has no slot beyond the 4 a token needs: its pin is left out.
         assert pinned == [{3}, set(), {5, 6}, set()]
@@ -88,6 +92,18 @@ def test_profile_sets_capacities_pins_and_prefetches(ref, profile_file, tmp_path
     # The warm-start state is keyed by the profile too: the same profile restores it.
     with Session(path, capacity=6, profile=file, cache_dir=tmp_path) as s:
         assert s.stats()["session"]["warm_start"]["restored"]
+
+
+def test_a_policy_given_overrides_the_profiles_and_the_default_applies_without_one(
+    profile_file, tmp_path
+):
+    import moe_core
+
+    path, file, _ = profile_file
+    with Session(path, capacity=6, profile=file, policy="lru", warm_start=False) as s:
+        assert s.stats()["policy"] == "lru"
+    with Session(path, capacity=6, warm_start=False, cache_dir=tmp_path) as s:
+        assert s.stats()["policy"] == moe_core.DEFAULT_POLICY
 
 
 def test_profile_of_another_model_is_refused(profile_file, tmp_path):

@@ -138,24 +138,33 @@ def simulate(
     ] = "0.125,0.25,0.5",
     policy: Annotated[
         str, typer.Option("--policy", help="Policies, comma-separated.")
-    ] = "lru,lfu,lfuda,fifo",
+    ] = "lru,lfuda,s3fifo,markov",
+    held_out: Annotated[
+        float,
+        typer.Option("--held-out", min=0.05, max=0.95, help="Share of the trace's end held out."),
+    ] = 1 / 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows.")] = False,
 ) -> None:
-    """Replay TRACE under each policy and capacity, next to Belady's optimum."""
+    """Replay TRACE under each policy and capacity, next to Belady's optimum: on the part a
+    choice would be fitted on and on the held-out end of the trace, side by side."""
     with user_errors():
-        from moe_profiles import Trace, compare
+        from moe_profiles import Trace, compare_held_out
 
         capacities = [_capacity(c) for c in capacity.split(",") if c.strip()]
         policies = [p.strip() for p in policy.split(",") if p.strip()]
-        rows = compare(Trace.load(trace), capacities, policies)
+        rows = compare_held_out(Trace.load(trace), capacities, policies, held_out=held_out)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'capacity':>10} {'policy':>8} {'hit rate':>9} {'belady':>8} {'ratio':>6}")
+    head = f"{'hit rate':>9} {'belady':>7} {'ratio':>6}"
+    typer.echo(f"{'':>19} {'fit':^24}   {'held out':^24}")
+    typer.echo(f"{'capacity':>10} {'policy':>8} {head}   {head}")
     for row in rows:
         typer.echo(
-            f"{row['capacity']!s:>10} {row['policy']:>8} {row['hit_rate']:>9.1%} "
-            f"{row['belady_hit_rate']:>8.1%} {row['ratio']:>6.2f}"
+            f"{row['capacity']!s:>10} {row['policy']:>8} "
+            f"{row['fit_hit_rate']:>9.1%} {row['fit_belady_hit_rate']:>7.1%} {row['fit_ratio']:>6.2f}   "
+            f"{row['held_out_hit_rate']:>9.1%} {row['held_out_belady_hit_rate']:>7.1%} "
+            f"{row['held_out_ratio']:>6.2f}"
         )
 
 

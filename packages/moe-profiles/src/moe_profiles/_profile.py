@@ -2,7 +2,9 @@
 
 A profile holds per-layer activation counts, per-layer hit curves (hits against capacity, measured
 by simulation) from which slot budgets for any total are derived, and the pinned set. It names the
-model by fingerprint and is refused for any other model.
+model by fingerprint and is refused for any other model. It also holds the cache settings chosen
+on its trace (`select`: policy, whether to spread slots by the curves, the share of slots pinned),
+each kept only when it beat the defaults on the part of the trace it was not fitted on.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ import moe_core
 
 from ._budget import allocate_from_curves, choose_pinned, hit_curves, measure_budget, pin_limit
 from ._errors import ProfileError
+from ._select import Choice, select
+from ._simulate import DEFAULT_POLICY
 from ._trace import Trace
 
 FORMAT = "moe-profile"
 VERSION = 1
+# A trace shorter than this is not split to choose settings (too little to hold out).
+MIN_SELECT_STEPS = 64
 _REQUIRED = ("fingerprint", "num_experts", "top_k", "counts", "pinned", "curves", "source")
 
 
@@ -38,9 +44,13 @@ class Profile:
     pinned_order: tuple[tuple[int, ...], ...]  # per layer, experts to pin, most valuable first
     curves: tuple[tuple[tuple[int, int], ...], ...]  # per layer, (capacity, hits) points
     source: Mapping[str, Any] = field(default_factory=dict)  # prompts/preset, tokens, date
-    policy: str = "lfuda"
+    policy: str = DEFAULT_POLICY
     total_slots: int | None = None  # the budget the pinned set was chosen for, if any
     budget: tuple[int, ...] | None = None  # per-layer capacities for total_slots
+    # Whether `spread` moves slots between layers, and the share of a layer's slots pinned (at
+    # most half). A profile written before these were chosen spread and pinned up to half.
+    spread_slots: bool = True
+    pin_share: float = 0.5
 
     def __post_init__(self) -> None:
         layers = len(self.num_experts)
@@ -59,6 +69,12 @@ class Profile:
         for i, curve in enumerate(self.curves):
             if not curve:
                 raise ProfileError(f"profile field 'curves' layer {i} is empty")
+        if self.policy not in moe_core.POLICIES:
+            raise ProfileError(
+                f"profile field 'policy': {self.policy!r} is none of {', '.join(moe_core.POLICIES)}"
+            )
+        if not 0 <= self.pin_share <= 0.5:
+            raise ProfileError(f"profile field 'pin_share': {self.pin_share} is outside 0..0.5")
 
     # -- making ----------------------------------------------------------------------------------
     @classmethod
@@ -68,13 +84,23 @@ class Profile:
         *,
         total_slots: int | None = None,
         source: Mapping[str, Any] | None = None,
-        policy: str = "lfuda",
+        policy: str | None = None,
         points: int = 12,
         presence: float = 0.9,
+        choose: bool = True,
     ) -> Profile:
         """Measure a profile on a trace. With `total_slots`, the per-layer budget for that total
         is stored too and the pinned set is capped for it; else pinned is capped per layer at
-        half its experts and `pinned_for(capacities)` trims it to a session's capacities."""
+        half its experts and `pinned_for(capacities)` trims it to a session's capacities.
+
+        With `choose` (and no `policy` given), the cache settings come from `select` on the
+        trace: kept only where they beat the defaults on its held-out last third. Without,
+        the profile uses `policy` (or the default), spreads its slots and pins up to half."""
+        chosen, selection = Choice(policy or DEFAULT_POLICY, True, 0.5), None
+        if choose and policy is None and trace.num_steps >= MIN_SELECT_STEPS:
+            selection = select(trace)
+            chosen = selection.chosen
+        policy = chosen.policy
         budget = None
         if total_slots is None:
             curves = hit_curves(trace, policy=policy, points=points)
@@ -87,6 +113,7 @@ class Profile:
             "steps": trace.num_steps,
             "segments": [s.name for s in trace.segments],
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            **({"selection": selection.as_json()} if selection else {}),
             **(source or {}),
         }
         return cls(
@@ -100,6 +127,8 @@ class Profile:
             policy=policy,
             total_slots=total_slots,
             budget=budget,
+            spread_slots=chosen.spread,
+            pin_share=chosen.pin_share,
         )
 
     # -- using -----------------------------------------------------------------------------------
@@ -116,7 +145,7 @@ class Profile:
         self._check_layers(capacities)
         out = {}
         for i, (ids, cap) in enumerate(zip(self.pinned_order, capacities, strict=True)):
-            take = list(ids[: pin_limit(cap, self.top_k)])
+            take = list(ids[: min(pin_limit(cap, self.top_k), int(self.pin_share * cap))])
             if take:
                 out[i] = take
         return out
@@ -150,7 +179,10 @@ class Profile:
         """`plan` with its slots spread over the layers as the hit curves say: the same total of
         slots, no layer above its experts or below what one token needs (nor below the plan's
         own), and no more expert bytes in all than the plan holds (layers' experts may differ in
-        size, so moving a slot between layers can cost bytes)."""
+        size, so moving a slot between layers can cost bytes). Unchanged when the profile's
+        selection found that spreading did not pay on held-out traffic."""
+        if not self.spread_slots:
+            return plan
         experts, sizes = plan.num_experts, plan.expert_bytes
         floor = [min(max(1, self.top_k), e, p) for e, p in zip(experts, plan.capacity, strict=True)]
         caps = [
@@ -189,6 +221,8 @@ class Profile:
             "num_experts": list(self.num_experts),
             "top_k": self.top_k,
             "policy": self.policy,
+            "spread": self.spread_slots,
+            "pin_share": self.pin_share,
             "source": dict(self.source),
             "counts": [list(c) for c in self.counts],
             "pinned": {str(i): list(ids) for i, ids in enumerate(self.pinned_order) if ids},
@@ -223,6 +257,8 @@ class Profile:
                 curves=tuple(tuple((int(c), int(h)) for c, h in curve) for curve in doc["curves"]),
                 source=dict(doc["source"]),
                 policy=str(doc.get("policy", "lfuda")),
+                spread_slots=bool(doc.get("spread", True)),
+                pin_share=float(doc.get("pin_share", 0.5)),
                 total_slots=None if budget is None else int(budget["total_slots"]),
                 budget=None if budget is None else tuple(int(c) for c in budget["capacities"]),
             )
