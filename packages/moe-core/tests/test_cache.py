@@ -135,3 +135,41 @@ def test_a_prediction_is_read_ahead_but_not_counted_as_a_use():
     assert [e for e, _ in loads] == [2] and cache.stats.misses == 2
     list(run(cache, [[3]]))  # 2 was guessed, never used: older than 1's use
     assert set(cache.resident().tolist()) == {1, 3}
+
+
+def test_the_window_compares_the_recent_steps_with_belady():
+    from moe_core import optimal_hits
+
+    rng = np.random.default_rng(3)
+    cache = ExpertCache(32, 8, "lru")
+    cache.recent = type(cache.recent)(size=64)
+    steps = [np.unique(rng.zipf(1.3, size=4) % 32).astype(np.int64) for _ in range(200)]
+    hits = []
+    for needed in steps:
+        before = cache.stats.hits
+        list(cache.step(needed))
+        hits.append(cache.stats.hits - before)
+    w = cache.window()
+    kept = steps[-64:]
+    assert w.steps == 32 and w.lookups == sum(s.size for s in kept[32:])
+    assert w.hits == sum(hits[-32:]) and w.reads == w.lookups - w.hits
+    assert w.belady_hits == optimal_hits(kept, 8, count_from=32)[0]
+    assert w.read_hits <= w.belady_hits
+    # Cached until half a window of new steps has come in.
+    list(cache.step(steps[0]))
+    assert cache.window() is w
+    for needed in steps[:32]:
+        list(cache.step(needed))
+    assert cache.window() is not w
+    cache.reset_stats()
+    assert cache.window() is None
+
+
+def test_the_window_counts_a_read_ahead_as_a_read():
+    cache = ExpertCache(16, 4, "lru")
+    for e in range(6):
+        cache.predict(np.array([e]))  # guessed right every time: served, but read
+        list(cache.step(np.array([e])))
+    w = cache.window()
+    assert w.hits == w.lookups == 3 and w.reads == 3 and w.read_hits == 0
+    assert w.belady_hits == 0  # every expert was new: no read could be saved

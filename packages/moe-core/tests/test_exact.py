@@ -65,6 +65,11 @@ def check(path, capacity):
     stats = handle.stats()
     assert stats["misses"] > 0 and stats["bytes_read"] > 0
     assert all(len(r) <= c for r, c in zip(handle.resident(), handle.capacity, strict=True))
+    # The live window: reads (on demand and ahead) never beat Belady's optimum on its steps.
+    window = stats["window"]
+    assert window is not None and window["steps"] >= 1
+    assert 0 <= window["read_hit_rate"] <= window["belady_hit_rate"] + 1e-12
+    assert window["read_hit_rate"] <= window["hit_rate"]
     handle.close()
 
 

@@ -10,7 +10,8 @@ The public surface is what an embedding stack needs:
   memory backends (`detect_backend`, `Backend` and its CPU, Metal and CUDA kinds);
 - `offload` and the `OffloadHandle` it returns (stats, resident sets, pins, observers), the
   choices it takes (`MISS_MODES`, `POLICIES`, `DEFAULT_POLICY`) and the `ExpertCache` its
-  layers (and the profile simulator) run;
+  layers (and the profile simulator) run, and `optimal_hits`, Belady's optimum they are
+  measured against;
 - `pack`, `verify_pack` and `PACK_NAME`, the packed expert layout (a CRC-32C per record, checked
   when a record is first read);
 - `atomic_write`, how moe writes the files it reads back (all or nothing);
@@ -20,6 +21,7 @@ Everything else is private (`_name.py`).
 
 from ._atomic import atomic_write
 from ._backend import Backend, CPUBackend, CUDABackend, MetalBackend, detect_backend
+from ._belady import optimal_hits
 from ._cache import ExpertCache
 from ._checkpoint import fingerprint
 from ._errors import BudgetError, CheckpointError, MoEError, UnsupportedModelError
@@ -54,6 +56,7 @@ __all__ = [
     "detect_backend",
     "fingerprint",
     "offload",
+    "optimal_hits",
     "pack",
     "parse_size",
     "plan_budget",

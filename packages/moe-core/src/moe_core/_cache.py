@@ -14,6 +14,7 @@ import numpy as np
 
 from ._errors import BudgetError
 from ._policy import DEFAULT_POLICY, Policy, make_policy
+from ._window import RecentSteps, WindowStats
 
 
 @dataclass(slots=True)
@@ -50,6 +51,9 @@ class ExpertCache:
     pinned: np.ndarray = field(init=False)  # [E] bool
     # Told the ids of experts that just left their slots (an offloaded layer's observers).
     on_evict: Callable[[np.ndarray], None] | None = None
+    # The last steps and their hits, for the live comparison with Belady's optimum.
+    recent: RecentSteps = field(default_factory=RecentSteps)
+    _ahead: int = 0  # experts read ahead since the last step
 
     def __post_init__(self) -> None:
         if not 1 <= self.capacity <= self.num_experts:
@@ -73,6 +77,12 @@ class ExpertCache:
 
     def reset_stats(self) -> None:
         self.stats = CacheStats()
+        self.recent.clear()
+        self._ahead = 0
+
+    def window(self) -> WindowStats | None:
+        """The live hit rate next to Belady's over the recent steps (see `RecentSteps`)."""
+        return self.recent.compare(self.capacity)
 
     # -- one routing step ----------------------------------------------------------------------
     def record_hits(self, choices: int) -> None:
@@ -108,6 +118,8 @@ class ExpertCache:
         if count:
             self.stats.hits += int(hits.size)
             self.stats.misses += int(misses.size)
+            self.recent.add(needed, int(hits.size), int(misses.size) + self._ahead)
+            self._ahead = 0
         # The whole step is one use of each of its experts, told before anything is loaded.
         policy.on_access(needed)
 
@@ -205,6 +217,7 @@ class ExpertCache:
         experts = experts[:room]
         loads = self._admit(experts, held | _mask(self.num_experts, experts), used=used)
         self.stats.prefetched += len(loads)
+        self._ahead += len(loads)
         return loads
 
     def predict(self, experts: np.ndarray) -> list[tuple[int, int]]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import moe_core
-from moe_core import POLICIES, ExpertCache
+from moe_core import POLICIES, ExpertCache, optimal_hits
 
 from ._trace import Trace
 
@@ -161,46 +161,7 @@ def _pairs(trace: Trace, index: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _belady_layer(trace: Trace, index: int, capacity: int) -> LayerResult:
-    step_of, expert = _pairs(trace, index)
-    num_experts = trace.num_experts[index]
-    # Next use of every (step, expert) pair: the following pair of the same expert.
-    order = np.lexsort((step_of, expert))
-    next_use = np.full(step_of.size, np.inf)
-    same = expert[order[1:]] == expert[order[:-1]]
-    next_use[order[:-1][same]] = step_of[order[1:]][same]
-    bounds = np.searchsorted(step_of, np.arange(1, trace.layers[index].num_steps))
-
-    resident = np.zeros(num_experts, dtype=bool)
-    # Next use of each resident expert; the current step's experts are never eviction candidates.
-    key = np.full(num_experts, -np.inf)
-    hits = misses = count = 0
-    starts = np.concatenate([[0], bounds]).tolist()
-    ends = [*starts[1:], expert.size]
-    for start, end in zip(starts, ends, strict=True):
-        needed = expert[start:end]
-        missing = needed[~resident[needed]]
-        misses += missing.size
-        hits += needed.size - missing.size
-        if missing.size and needed.size <= capacity:
-            evict = missing.size - (capacity - count)
-            if evict > 0:
-                key[needed] = -np.inf  # out of the running while this step needs them
-                candidates = np.flatnonzero(resident)
-                far = np.argpartition(-key[candidates], evict - 1)[:evict]
-                resident[candidates[far]] = False
-                count -= evict
-            resident[missing] = True
-            count += missing.size
-        elif missing.size:
-            # More experts than slots in one step: they pass through in waves, and what stays
-            # afterwards can be any `capacity` of them and the earlier residents: keep those
-            # needed soonest.
-            key[needed] = next_use[start:end]
-            resident[needed] = True
-            pool = np.flatnonzero(resident)
-            resident[pool[np.argsort(key[pool], kind="stable")[capacity:]]] = False
-            count = capacity
-        key[needed] = next_use[start:end]
+    hits, misses = optimal_hits(_unique_steps(trace, index), capacity)
     return LayerResult(index, capacity, hits, misses)
 
 

@@ -111,6 +111,20 @@ class Metrics:
                 "Share of expert lookups served from memory.",
                 [("", float(stats["hit_rate"]))],
             )
+        window = stats.get("window")
+        if window:
+            metric(
+                "moe_expert_window_hit_rate",
+                "gauge",
+                "Share of the recent expert lookups that needed no read, on demand or ahead.",
+                [("", float(window["read_hit_rate"]))],
+            )
+            metric(
+                "moe_expert_window_belady_hit_rate",
+                "gauge",
+                "Belady's optimum on the same recent lookups: the ceiling of the one above.",
+                [("", float(window["belady_hit_rate"]))],
+            )
         if "bytes_read" in stats:
             metric(
                 "moe_expert_bytes_read_total",
