@@ -23,7 +23,7 @@ from ._trace import Trace
 
 # Policies worth trying on a trace; "stale" and "ahead" differ from LRU and LFUDA only where the
 # lookahead's predictions are replayed.
-CANDIDATES = ("lru", "lfuda", "s3fifo", "markov")
+CANDIDATES = ("lru", "lfu", "lfuda", "s3fifo", "markov")
 AHEAD_CANDIDATES = (*CANDIDATES, "stale", "ahead")
 PIN_SHARES = (0.0, 0.25, 0.5)
 FRACTIONS = (0.25, 0.5)
