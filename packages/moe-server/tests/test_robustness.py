@@ -293,10 +293,10 @@ def test_sixteen_clients_on_the_real_model_all_answered(serve_app, provider):
 def test_slow_streams_are_kept_alive(serve_app, provider, monkeypatch):
     """A long prefill sends nothing for minutes: streams carry keepalives meanwhile (Anthropic
     `ping` events, SSE comments for OpenAI) that the official clients skip."""
-    from moe_server import _anthropic, _openai
+    from moe_server import _anthropic, _openai_bodies
 
     monkeypatch.setattr(_anthropic, "KEEPALIVE_S", 0.05)
-    monkeypatch.setattr(_openai, "KEEPALIVE_S", 0.05)
+    monkeypatch.setattr(_openai_bodies, "KEEPALIVE_S", 0.05)
     scripted = ScriptedProvider(provider, ["Slow but sure."], delay=0.3)
     server = serve_app(scripted)
     body = {"model": "m", "max_tokens": 50, "messages": CHAT, "stream": True}

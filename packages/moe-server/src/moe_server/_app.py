@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import _anthropic, _completions, _models, _openai, _page, _responses
+from . import _anthropic, _completions, _models, _openai, _openai_bodies, _page, _responses
 from ._engine import Engine, Limits
 from ._events import LiveFeed, live_events
 from ._origin import SameOrigin
@@ -56,7 +56,7 @@ def _is_anthropic(path: str) -> bool:
 def _error(path: str, status: int, kind: str, message: str) -> JSONResponse:
     if _is_anthropic(path):
         return JSONResponse(_anthropic.error_body(kind, message), status_code=status)
-    return JSONResponse({"error": _openai.error_body(message, kind)}, status_code=status)
+    return JSONResponse({"error": _openai_bodies.error_body(message, kind)}, status_code=status)
 
 
 # What answers without the API key when one is set: the page (`/`, `/static/...`), which holds no

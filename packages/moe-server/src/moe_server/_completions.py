@@ -8,16 +8,9 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ._engine import KEEPALIVE_S, Engine, Idle
-from ._openai import (
-    FINISH,
-    KEEPALIVE_COMMENT,
-    _sse,
-    _start,
-    _usage,
-    failure_event,
-    failure_response,
-)
+from ._engine import Engine
+from ._openai import _start
+from ._openai_bodies import FINISH, answer, completion_body, failure_response, sse, stream
 from ._openai_options import Options
 from ._worker import Failure, Finish, TokenLogprob
 
@@ -41,77 +34,49 @@ async def completions(request: Request) -> Response:
     if options is None:
         return job
     engine: Engine = request.app.state.engine
-    meta = {
-        "id": f"cmpl-{uuid.uuid4().hex}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": options.model,
-    }
+    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": options.model}
     if options.stream:
-        return StreamingResponse(
-            _completion_stream(engine, job, options, meta), media_type="text/event-stream"
+        events = stream(
+            engine,
+            job,
+            meta=meta,
+            kind="text_completion",
+            include_usage=options.include_usage,
+            render=_TextChunks(meta, options),
         )
-    text, logprobs = [], []
-    async for event in engine.events(job, request):
-        if isinstance(event, str):
-            text.append(event)
-        elif isinstance(event, TokenLogprob):
-            logprobs.append(event)
-        elif isinstance(event, Failure):
-            return failure_response(event)
-        elif isinstance(event, Finish):
-            finish = event
-    return JSONResponse(
-        {
-            **meta,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": "".join(text),
-                    "logprobs": (
-                        _completion_logprobs(logprobs, 0) if options.logprobs is not None else None
-                    ),
-                    "finish_reason": FINISH[finish.reason],
-                }
-            ],
-            "usage": _usage(finish),
-        }
-    )
+        return StreamingResponse(events, media_type="text/event-stream")
+    result = await answer(engine, job, request)
+    if isinstance(result, Failure):
+        return failure_response(result)
+    logprobs = None
+    if options.logprobs is not None:
+        logprobs = _completion_logprobs(result.logprobs, 0)
+    choice = {"text": result.text, "logprobs": logprobs}
+    return JSONResponse(completion_body(meta, "text_completion", choice, result.finish))
 
 
-async def _completion_stream(engine: Engine, job, options: Options, meta: dict):
-    pending: list[TokenLogprob] = []
-    offset = 0
+class _TextChunks:
+    """A completion stream's chunks; a token's logprobs go out with the chunk of its text."""
 
-    def chunk(text: str, finish_reason=None) -> str:
-        nonlocal offset
-        logprobs = None
-        if options.logprobs is not None and (pending or finish_reason):
-            logprobs = _completion_logprobs(pending, offset)
-            offset += sum(len(p.token) for p in pending)
-            pending.clear()
-        return _sse(
-            {
-                **meta,
-                "choices": [
-                    {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-                ],
-            }
-        )
+    def __init__(self, meta: dict, options: Options):
+        self.meta, self.options = meta, options
+        self.pending: list[TokenLogprob] = []
+        self.offset = 0
 
-    async for event in engine.events(job, keepalive=KEEPALIVE_S):
-        if isinstance(event, Idle):
-            yield KEEPALIVE_COMMENT
-        elif isinstance(event, TokenLogprob):
-            pending.append(event)
+    def __call__(self, event) -> list[str]:
+        if isinstance(event, TokenLogprob):
+            self.pending.append(event)
         elif isinstance(event, str):
-            yield chunk(event)
-        elif isinstance(event, Failure):
-            if error := failure_event(event):
-                yield error
-            return
+            return [self._chunk(event)]
         elif isinstance(event, Finish):
-            yield chunk("", FINISH[event.reason])
-            if options.include_usage:
-                yield _sse({**meta, "choices": [], "usage": _usage(event)})
-    yield _sse("[DONE]")
+            return [self._chunk("", FINISH[event.reason])]
+        return []
+
+    def _chunk(self, text: str, finish_reason=None) -> str:
+        logprobs = None
+        if self.options.logprobs is not None and (self.pending or finish_reason):
+            logprobs = _completion_logprobs(self.pending, self.offset)
+            self.offset += sum(len(p.token) for p in self.pending)
+            self.pending = []
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        return sse({**self.meta, "object": "text_completion", "choices": [choice]})

@@ -1,8 +1,8 @@
-"""OpenAI API: /v1/chat/completions, and the request parsing /v1/completions shares."""
+"""OpenAI API: /v1/chat/completions, and the request parsing /v1/completions shares (what both
+send back: _openai_bodies.py)."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -10,61 +10,27 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ._engine import KEEPALIVE_S, Engine, Idle
+from ._engine import Engine
+from ._openai_bodies import (
+    FINISH,
+    answer,
+    completion_body,
+    error_response,
+    failure_response,
+    sse,
+    stream,
+    unavailable_response,
+)
 from ._openai_options import Options, parse_options
 from ._reasoning import Reasoning
-from ._request import RequestError, read_json, retry_headers
+from ._request import RequestError, read_json
 from ._text import ToolCall
 from ._validate import (
     arguments_object,
     get,
     text_of,
 )
-from ._worker import SHUTDOWN, Failure, Finish, Overloaded, TokenLogprob, Unavailable
-
-FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length", "tool_calls": "tool_calls"}
-# An SSE comment: clients skip it; it only tells them (and proxies) the stream is alive.
-KEEPALIVE_COMMENT = ": keepalive\n\n"
-
-
-def error_response(e: RequestError) -> JSONResponse:
-    return JSONResponse(
-        {"error": error_body(e.message, e.kind, e.param, e.code)}, status_code=e.status
-    )
-
-
-def error_body(message: str, kind: str = "invalid_request_error", param=None, code=None) -> dict:
-    return {"message": message, "type": kind, "param": param, "code": code}
-
-
-def unavailable_response(e: Unavailable) -> JSONResponse:
-    """A full queue (429, with when a slot should free) or a server shutting down (503)."""
-    if isinstance(e, Overloaded):
-        message = f"the server is busy: too many requests are queued; {e}"
-        body = error_body(message, "rate_limit_error", code="queue_full")
-        return JSONResponse({"error": body}, status_code=429, headers=retry_headers(e.retry_after))
-    body = error_body(SHUTDOWN, "server_error", code="server_shutting_down")
-    return JSONResponse({"error": body}, status_code=503)
-
-
-def _failure_body(failure: Failure) -> dict:
-    if failure.shutdown:
-        return error_body(failure.message, "server_error", code="server_shutting_down")
-    return error_body(f"generation failed: {failure.message}", "server_error")
-
-
-def failure_response(failure: Failure) -> JSONResponse:
-    """A generation that failed (500) or that the server's shutdown ended (503)."""
-    return JSONResponse(
-        {"error": _failure_body(failure)}, status_code=503 if failure.shutdown else 500
-    )
-
-
-def failure_event(failure: Failure) -> str | None:
-    """The stream's error event; None when the client left (nobody to tell)."""
-    if failure.message == "cancelled":
-        return None
-    return _sse({"error": _failure_body(failure)})
+from ._worker import Failure, Finish, TokenLogprob, Unavailable
 
 
 def convert_messages(messages: list) -> list[dict]:
@@ -153,18 +119,6 @@ def _forced(choice: Any) -> str | None:
     )
 
 
-def _usage(finish: Finish) -> dict:
-    return {
-        "prompt_tokens": finish.prompt_tokens,
-        "completion_tokens": finish.completion_tokens,
-        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
-    }
-
-
-def _sse(data: dict | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
-
-
 def _tool_call_json(call: ToolCall) -> dict:
     return {
         "id": call.id,
@@ -234,113 +188,68 @@ async def chat_completions(request: Request) -> Response:
         "model": options.model,
     }
     if options.stream:
-        return StreamingResponse(
-            _chat_stream(engine, job, options, meta), media_type="text/event-stream"
+        chunks = _ChatChunks(meta, options)
+        events = stream(
+            engine,
+            job,
+            meta=meta,
+            kind="chat.completion.chunk",
+            include_usage=options.include_usage,
+            render=chunks,
+            start=[chunks.chunk({"role": "assistant", "content": ""})],
         )
-    text, reasoning, calls, logprobs = [], [], [], []
-    async for event in engine.events(job, request):
-        if isinstance(event, str):
-            text.append(event)
-        elif isinstance(event, Reasoning):
-            reasoning.append(event.text)
-        elif isinstance(event, TokenLogprob):
-            logprobs.append(logprob_entry(event))
-        elif isinstance(event, ToolCall):
-            calls.append(_tool_call_json(event))
-        elif isinstance(event, Failure):
-            return failure_response(event)
-        else:
-            finish = event
+        return StreamingResponse(events, media_type="text/event-stream")
+    result = await answer(engine, job, request)
+    if isinstance(result, Failure):
+        return failure_response(result)
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": "".join(text) or (None if calls else ""),
+        "content": result.text or (None if result.calls else ""),
     }
-    if reasoning:
-        message["reasoning_content"] = "".join(reasoning)
-    if calls:
-        message["tool_calls"] = calls
-    return JSONResponse(
-        {
-            **meta,
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": {"content": logprobs} if options.logprobs is not None else None,
-                    "finish_reason": FINISH[finish.reason],
-                }
-            ],
-            "usage": _usage(finish),
-        }
-    )
+    if result.reasoning:
+        message["reasoning_content"] = result.reasoning
+    if result.calls:
+        message["tool_calls"] = [_tool_call_json(c) for c in result.calls]
+    logprobs = [logprob_entry(item) for item in result.logprobs]
+    choice = {
+        "message": message,
+        "logprobs": {"content": logprobs} if options.logprobs is not None else None,
+    }
+    return JSONResponse(completion_body(meta, "chat.completion", choice, result.finish))
 
 
-async def _chat_stream(engine: Engine, job, options: Options, meta: dict):
-    pending: list[dict] = []  # logprobs of tokens whose text has not been sent yet
+class _ChatChunks:
+    """A chat stream's chunks: text, reasoning and tool calls as deltas; a token's logprobs go
+    out with the next chunk that carries its text."""
 
-    def chunk(delta: dict, finish_reason=None) -> str:
-        logprobs = None
-        if options.logprobs is not None and (pending or finish_reason):
-            logprobs = {"content": pending[:]}
-            pending.clear()
-        return _sse(
-            {
-                **meta,
-                "object": "chat.completion.chunk",
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": delta,
-                        "logprobs": logprobs,
-                        "finish_reason": finish_reason,
-                    }
-                ],
-            }
-        )
+    def __init__(self, meta: dict, options: Options):
+        self.meta, self.options = meta, options
+        self.pending: list[dict] = []
+        self.calls = 0
 
-    yield chunk({"role": "assistant", "content": ""})
-    index = 0
-    async for event in engine.events(job, keepalive=KEEPALIVE_S):
-        if isinstance(event, Idle):
-            yield KEEPALIVE_COMMENT
-        elif isinstance(event, TokenLogprob):
-            pending.append(logprob_entry(event))
+    def __call__(self, event) -> list[str]:
+        out = []
+        if isinstance(event, TokenLogprob):
+            self.pending.append(logprob_entry(event))
         elif isinstance(event, str):
-            yield chunk({"content": event})
+            out.append(self.chunk({"content": event}))
         elif isinstance(event, Reasoning):
-            yield chunk({"reasoning_content": event.text})
+            out.append(self.chunk({"reasoning_content": event.text}))
         elif isinstance(event, ToolCall):
             # As OpenAI streams them: id and name first, then the arguments.
-            yield chunk(
-                {
-                    "tool_calls": [
-                        {
-                            "index": index,
-                            "id": event.id,
-                            "type": "function",
-                            "function": {"name": event.name, "arguments": ""},
-                        }
-                    ]
-                }
-            )
-            yield chunk(
-                {"tool_calls": [{"index": index, "function": {"arguments": event.arguments_json}}]}
-            )
-            index += 1
-        elif isinstance(event, Failure):
-            if error := failure_event(event):
-                yield error
-            return
-        else:
-            yield chunk({}, FINISH[event.reason])
-            if options.include_usage:
-                yield _sse(
-                    {
-                        **meta,
-                        "object": "chat.completion.chunk",
-                        "choices": [],
-                        "usage": _usage(event),
-                    }
-                )
-    yield _sse("[DONE]")
+            index, self.calls = self.calls, self.calls + 1
+            named = {"name": event.name, "arguments": ""}
+            call = {"index": index, "id": event.id, "type": "function", "function": named}
+            out.append(self.chunk({"tool_calls": [call]}))
+            arguments = {"index": index, "function": {"arguments": event.arguments_json}}
+            out.append(self.chunk({"tool_calls": [arguments]}))
+        elif isinstance(event, Finish):
+            out.append(self.chunk({}, FINISH[event.reason]))
+        return out
+
+    def chunk(self, delta: dict, finish_reason=None) -> str:
+        logprobs = None
+        if self.options.logprobs is not None and (self.pending or finish_reason):
+            logprobs, self.pending = {"content": self.pending}, []
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        return sse({**self.meta, "object": "chat.completion.chunk", "choices": [choice]})

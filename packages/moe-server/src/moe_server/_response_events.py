@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 
 from ._engine import KEEPALIVE_S, Idle
+from ._openai_bodies import KEEPALIVE_COMMENT
 from ._reasoning import Reasoning
 from ._text import ToolCall
 from ._worker import Failure, Finish
@@ -43,7 +44,7 @@ class Run:
         keepalive = None if request is not None else KEEPALIVE_S  # only a stream needs it
         async for event in self.engine.events(self.job, request, keepalive=keepalive):
             if isinstance(event, Idle):
-                yield ": keepalive\n\n"
+                yield KEEPALIVE_COMMENT
             elif isinstance(event, str | Reasoning):
                 kind = "message" if isinstance(event, str) else "reasoning"
                 if self._open is None or self._open["type"] != kind:

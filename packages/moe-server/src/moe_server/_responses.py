@@ -16,13 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ._engine import Engine
-from ._openai import (
-    convert_messages,
-    error_body,
-    error_response,
-    failure_response,
-    unavailable_response,
-)
+from ._openai import convert_messages
+from ._openai_bodies import error_body, error_response, failure_response, unavailable_response
 from ._openai_options import response_format as chat_response_format
 from ._request import RequestError, read_json
 from ._response_events import Run, new_id
