@@ -18,6 +18,16 @@ import pytest
 CHAT = [{"role": "user", "content": "hello"}]
 
 
+def never_stop(checkpoint) -> dict:
+    """A logit_bias that keeps the random model from ending its answer early (it would, after
+    a few dozen tokens, and a request meant to be running would be over)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    ends = ("<|im_end|>", "<|endoftext|>")
+    return {str(tokenizer.token_to_id(t)): -100 for t in ends}
+
+
 def free_port() -> int:
     import socket
 
@@ -61,13 +71,19 @@ def serve(checkpoint, tmp_path):
             proc.wait()
 
 
-def test_sigterm_finishes_the_running_stream_fails_the_queued_one_and_exits_0(serve):
+def test_sigterm_finishes_the_running_stream_fails_the_queued_one_and_exits_0(serve, checkpoint):
     from openai import OpenAI
 
     proc, url, cache = serve("--grace", 60)
     client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
     running = iter(
-        client.chat.completions.create(model="m", messages=CHAT, max_tokens=300, stream=True)
+        client.chat.completions.create(
+            model="m",
+            messages=CHAT,
+            max_tokens=300,
+            stream=True,
+            logit_bias=never_stop(checkpoint),
+        )
     )
     next(running), next(running)  # generating
     queued: dict = {}
@@ -96,7 +112,7 @@ def test_sigterm_finishes_the_running_stream_fails_the_queued_one_and_exits_0(se
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/health", timeout=2)
     chunks = list(running)
-    assert chunks[-1].choices[0].finish_reason in ("length", "stop")  # finished, not cut
+    assert chunks[-1].choices[0].finish_reason == "length"  # all 300 tokens: finished, not cut
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr and "stopped" in stderr
@@ -104,7 +120,7 @@ def test_sigterm_finishes_the_running_stream_fails_the_queued_one_and_exits_0(se
     assert state.stat().st_mtime > signalled
 
 
-def test_max_context_and_queue_options(serve):
+def test_max_context_and_queue_options(serve, checkpoint):
     proc, url, _ = serve("--max-context", 300, "--queue", 0)
     [model] = httpx.get(url + "/v1/models").json()["data"]
     assert model["context_length"] == 300
@@ -113,7 +129,13 @@ def test_max_context_and_queue_options(serve):
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "context_length_exceeded"
     # --queue 0: while one request runs, another is refused, told when to come back.
-    body = {"model": "m", "messages": CHAT, "max_tokens": 200, "stream": True}
+    body = {
+        "model": "m",
+        "messages": CHAT,
+        "max_tokens": 200,
+        "stream": True,
+        "logit_bias": never_stop(checkpoint),
+    }
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as running:
         next(running.iter_lines())
         refused = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False})
