@@ -213,3 +213,22 @@ def test_counting_hooks_keep_the_sync_free_path_and_lose_no_count(moe_checkpoint
     top_k = model.args.num_experts_per_tok
     assert [int(c.sum()) for c in counter.counts] == [10 * top_k] * len(handle.layers)
     handle.close()
+
+
+def test_banks_are_found_through_the_module_tree_not_attributes(moe_checkpoint):
+    """A model split into pipeline stages (moe-runtime adapts families mlx-lm cannot split) shows
+    only its own layers through `model.model.layers` while its module tree keeps every layer's
+    number; offload must install each bank where the tree says it is."""
+    path = moe_checkpoint("mixtral", "stacked", "q4")
+    model, _ = load_model(path, lazy=True)
+    inner = model.model
+    object.__setattr__(inner, "layers", inner.layers[1:])  # the attribute view: a later stage
+    handle = moe_core.offload(model, path, capacity=2)
+    assert [layer.map.path for layer in handle.layers] == [
+        "model.layers.0.block_sparse_moe.switch_mlp",
+        "model.layers.1.block_sparse_moe.switch_mlp",
+    ]
+    assert all(
+        isinstance(b.block_sparse_moe.switch_mlp, moe_core._bank.OffloadedBank)
+        for b in inner["layers"]
+    )

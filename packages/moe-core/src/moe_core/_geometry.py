@@ -60,11 +60,18 @@ def describe(model: nn.Module, model_path: str | Path) -> Geometry:
 
 
 def block_of(model: nn.Module, path: str) -> tuple[nn.Module, str]:
-    """The module holding the bank at `path` (the MoE block) and the bank's attribute name."""
+    """The module holding the bank at `path` (the MoE block) and the bank's attribute name,
+    found through the module tree as `named_modules` walks it (a model split into pipeline
+    stages may show other objects through its attributes)."""
     *steps, name = path.split(".")
     node = model
     for step in steps:
-        node = node[int(step)] if isinstance(node, list) else getattr(node, step)
+        if isinstance(node, list):
+            node = node[int(step)]
+        else:
+            node = (
+                node[step] if isinstance(node, nn.Module) and step in node else getattr(node, step)
+            )
     return node, name
 
 
