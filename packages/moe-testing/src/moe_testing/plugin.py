@@ -1,4 +1,5 @@
-"""pytest plugin: `moe_checkpoint`, a session-wide factory of synthetic MoE checkpoints.
+"""pytest plugin: `moe_checkpoint`, a session-wide factory of synthetic MoE checkpoints, and
+`moe_hosts`, several "hosts" in network namespaces for multi-host tests.
 
     def test_loads(moe_checkpoint):
         path = moe_checkpoint("qwen3_moe", precision="f32", num_experts=32)
@@ -10,10 +11,14 @@ every test that asks for it, so treat the directory as read-only: copy it to cha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from moe_testing._hosts import Hosts
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +43,26 @@ def moe_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
         return built[spec]
 
     return checkpoint
+
+
+@pytest.fixture
+def moe_hosts(tmp_path: Path) -> Iterator[Callable[..., Hosts]]:
+    """`moe_hosts(n) -> Hosts`: n "hosts" in network namespaces of this test's own (10.99.0.x),
+    removed with everything running in them when the test ends. Skips the test, saying why,
+    where namespaces cannot be made (not root, no iproute2, not Linux)."""
+    from moe_testing._hosts import Hosts, unavailable
+
+    made: list[Hosts] = []
+
+    def hosts(n: int, **kwargs: object) -> Hosts:
+        reason = unavailable()
+        if reason is not None:
+            pytest.skip(f"multi-host test needs network namespaces: {reason}")
+        workdir = tmp_path / f"hosts{len(made)}"
+        workdir.mkdir()
+        made.append(Hosts(n, workdir, **kwargs).__enter__())
+        return made[-1]
+
+    yield hosts
+    for h in made:
+        h.close()
