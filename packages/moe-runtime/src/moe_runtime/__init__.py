@@ -5,12 +5,16 @@ than memory, on mlx-lm.
 offloaded by moe-core, reuses the prompt cache across calls and turns, and saves the resident
 experts so the next start is warm. Generation runs through mlx-lm's own loop and returns its
 `GenerationResponse`s; by default the output is the unmodified model's.
+
+Past one machine, `Session(model, ..., group=mx.distributed.init())` runs this rank's layers of
+a model split across hosts (every rank makes the same calls).
 """
 
 from ._demo import demo_model_path
 from ._kv import KVPlan, plan_kv
 from ._load import ModelLoadError, load_checked
 from ._oneshot import generate, stream_generate
+from ._pipeline import Stage, pipeline, plan_split
 from ._resolve import ModelNotFoundError, resolve_model
 from ._session import Session
 from ._stops import StopText
@@ -23,13 +27,16 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "Session",
+    "Stage",
     "StopText",
     "WarmStartWarning",
     "default_cache_dir",
     "demo_model_path",
     "generate",
     "load_checked",
+    "pipeline",
     "plan_kv",
+    "plan_split",
     "resolve_model",
     "stream_generate",
     "verify",

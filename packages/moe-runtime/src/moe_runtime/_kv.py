@@ -88,7 +88,8 @@ def plan_kv(model: nn.Module, config: dict, *, max_context: int, kv_bits: int | 
     config = {**config, **config.get("text_config", {})}
     caches = model.make_cache() if hasattr(model, "make_cache") else None
     if caches is None:
-        caches = [KVCache() for _ in range(config["num_hidden_layers"])]
+        # As mlx-lm's make_prompt_cache: one per layer this model runs (its stage, when split).
+        caches = [KVCache() for _ in range(len(model.layers))]
     group = _group_size(config) if kv_bits is not None else KV_GROUP_SIZES[0]
     token = _attention_bytes_per_token(config, _dtype_bytes(model), kv_bits, group)
     per_token = fixed = attention = linear = 0

@@ -11,7 +11,7 @@ from ._session import Prompt, Session
 
 _SESSION_ARGS = (
     "memory", "capacity", "profile", "policy", "miss", "kv_bits", "cache_dir", "max_context",
-    "prefix_cache", "warm_start", "backend",
+    "prefix_cache", "warm_start", "backend", "group", "split",
 )  # fmt: skip
 
 

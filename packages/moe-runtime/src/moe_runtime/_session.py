@@ -64,9 +64,18 @@ class Session:
         prefix_cache: bool = True,
         warm_start: bool = True,
         backend: moe_core.Backend | None = None,
+        group: mx.distributed.Group | None = None,
+        split: list[int] | None = None,
     ) -> None:
         self.model_id, self.model_path = resolve_model(model)
         self.model, self.tokenizer, config = load_checked(self.model_path)
+        self.stage = None
+        if group is not None and group.size() > 1:  # this rank's layers only, nothing read yet
+            from ._pipeline import pipeline
+
+            if profile is not None:
+                raise ValueError("a profile cannot be applied to a model split across ranks yet")
+            self.stage = pipeline(self.model, group, split)
         # The checkpoint's headers are read once, here; the plan is made once and handed down.
         self.geometry = moe_core.describe(self.model, self.model_path)
         self.fingerprint = self.geometry.fingerprint
@@ -102,6 +111,10 @@ class Session:
             backend=backend,
         )
         mx.eval(self.model.parameters())  # non-expert weights; expert slots are already there
+        if self.stage is not None:
+            from ._pipeline import sync_random
+
+            sync_random(group)
         self._warm_path = None
         self._warm_key = None
         self._usage: UsageCounter | None = None
@@ -113,7 +126,10 @@ class Session:
                 from ._profile import profile_digest
 
                 digest = profile_digest(profile)
-            self._warm_key = make_key(self.fingerprint, self.handle.capacity, digest)
+            fingerprint = self.fingerprint
+            if self.stage is not None:  # a stage keeps the state of its own layers
+                fingerprint += f"-layers{self.stage.start}-{self.stage.end}"
+            self._warm_key = make_key(fingerprint, self.handle.capacity, digest)
             self._warm_path = state_path(Path(cache_dir or default_cache_dir()), self._warm_key)
             self._warm["path"] = str(self._warm_path)
         self._start_experts()
@@ -337,6 +353,8 @@ class Session:
             "process_memory": self.handle.backend.process_memory(),
             "warm_start": dict(self._warm),
         }
+        if self.stage is not None:
+            stats["pipeline"] = self.stage.as_dict()
         stats["kv"] = {
             **dataclasses.asdict(self.kv),
             "reserve_bytes": self.kv.reserve_bytes,

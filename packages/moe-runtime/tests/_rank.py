@@ -1,0 +1,47 @@
+"""One rank of a multi-host test (run by mlx.launch in a network namespace): every rank opens a
+`Session` on its stage of each checkpoint and makes the same calls; each writes what it saw.
+
+    python _rank.py OUT_DIR CACHE_DIR CAPACITY SPLIT CHECKPOINT...   (SPLIT: "even" or "3,1")
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+
+from moe_runtime import Session
+
+PROMPTS = ([{"role": "user", "content": "hello how are you"}], [1, 40, 41, 42, 43, 44, 45])
+MAX_TOKENS = 8
+
+
+def main() -> None:
+    out, cache, capacity, split, *paths = sys.argv[1:]
+    group = mx.distributed.init(strict=True)
+    split = None if split == "even" else [int(s) for s in split.split(",")]
+    result = {}
+    for path in paths:
+        with Session(path, capacity=int(capacity), group=group, split=split, cache_dir=cache) as s:
+            runs = []
+            for prompt in PROMPTS:
+                runs.append([_record(r) for r in s.stream(prompt, max_tokens=MAX_TOKENS)])
+            # Sampled: the ranks draw the same token only if their random states agree.
+            sampled = [r.token for r in s.stream(PROMPTS[0], max_tokens=6, temperature=1.0)]
+            stats = s.stats()
+            result[path] = {
+                "runs": runs,
+                "sampled": sampled,
+                "stage": stats["pipeline"],
+                "banks": [layer["path"] for layer in stats["layers"]],
+                "bytes_read": stats["bytes_read"],
+            }
+    Path(out, f"rank{group.rank()}.json").write_text(json.dumps(result))
+
+
+def _record(r) -> dict:
+    return {"token": r.token, "logprobs": r.logprobs.astype(mx.float32).tolist()}
+
+
+if __name__ == "__main__":
+    main()
