@@ -7,10 +7,13 @@ experts so the next start is warm. Generation runs through mlx-lm's own loop and
 `GenerationResponse`s; by default the output is the unmodified model's.
 
 Past one machine, `Session(model, ..., group=mx.distributed.init())` runs this rank's layers of
-a model split across hosts (every rank makes the same calls).
+a model split across hosts (every rank makes the same calls); `Leader` and `follow` serve one,
+rank 0 taking the requests and the other ranks following it.
 """
 
+from ._control import LaunchError, Topology
 from ._demo import demo_model_path
+from ._distributed import GroupUnavailable, Leader, follow
 from ._kv import KVPlan, plan_kv
 from ._load import ModelLoadError, load_checked
 from ._oneshot import generate, stream_generate
@@ -23,15 +26,20 @@ from ._warm import WarmStartWarning, default_cache_dir
 
 __all__ = [
     "FileCheck",
+    "GroupUnavailable",
     "KVPlan",
+    "LaunchError",
+    "Leader",
     "ModelLoadError",
     "ModelNotFoundError",
     "Session",
     "Stage",
     "StopText",
+    "Topology",
     "WarmStartWarning",
     "default_cache_dir",
     "demo_model_path",
+    "follow",
     "generate",
     "load_checked",
     "pipeline",
