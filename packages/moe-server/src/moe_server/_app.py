@@ -106,20 +106,26 @@ async def _health(request: Request) -> Response:
     if not getattr(request.state, "authorized", False):
         return JSONResponse({"status": "ok"})
     engine: Engine = request.app.state.engine
-    return JSONResponse(
-        {
-            "status": "ok",
-            "model": engine.provider.model_id,
-            "queue_depth": engine.worker.waiting,
-            "running": engine.worker.running,
-        }
-    )
+    body = {
+        "status": "ok",
+        "model": engine.provider.model_id,
+        "queue_depth": engine.worker.waiting,
+        "running": engine.worker.running,
+    }
+    health = getattr(engine.provider, "health", None)
+    if health is not None:  # several hosts: each rank's state, memory and expert cache
+        body.update(health())
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
 async def _metrics(request: Request) -> Response:
     engine: Engine = request.app.state.engine
+    health = getattr(engine.provider, "health", None)
     text = engine.metrics.render(
-        waiting=engine.worker.waiting, running=engine.worker.running, stats=engine.worker.last_stats
+        waiting=engine.worker.waiting,
+        running=engine.worker.running,
+        stats=engine.worker.last_stats,
+        ranks=health()["ranks"] if health is not None else None,
     )
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

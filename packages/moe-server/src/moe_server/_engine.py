@@ -68,10 +68,24 @@ class Engine:
             tools=tools,
         )
 
+    def check_available(self) -> None:
+        """A provider with `health()` (a model split across hosts) may be unable to serve: a
+        host gone, still loading. Refuse at once, saying why, rather than queue."""
+        health = getattr(self.provider, "health", None)
+        state = health() if health is not None else None
+        if state is not None and state["status"] != "ok":
+            raise RequestError(
+                f"the model cannot serve now: {state['reason']}",
+                status=503,
+                kind="api_error",
+                code="unavailable",
+            )
+
     async def encode(
         self, prompt: Any, tools: list[dict] | None, template: dict | None = None
     ) -> list[int]:
         """The prompt's token ids, exactly as the provider will render it."""
+        self.check_available()
         kwargs = {"chat_template_kwargs": template} if template else {}
         try:
             return await run_in_threadpool(self.provider.encode_prompt, prompt, tools, **kwargs)
@@ -171,6 +185,7 @@ class Engine:
         `grammar()`, constrains the output; `logprobs`: None for none, else how many of the
         most likely tokens to report beside each chosen one; `field`: the request field that
         holds the prompt, named by a prompt too long for the context."""
+        self.check_available()
         scanner = self.tool_scanner(tools)
         chat = template is not None  # raw completions keep every character, markers too
         template = template or {}

@@ -53,7 +53,9 @@ class Metrics:
                 if finish.ttft_s <= bound:
                     self.ttft_counts[i] += 1
 
-    def render(self, *, waiting: int, running: int, stats: dict) -> str:
+    def render(
+        self, *, waiting: int, running: int, stats: dict, ranks: list[dict] | None = None
+    ) -> str:
         lines: list[str] = []
 
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -132,4 +134,28 @@ class Metrics:
                 "Expert bytes read from disk.",
                 [("", int(stats["bytes_read"]))],
             )
+        if ranks:
+            for name, kind, help_, key in RANK_METRICS:
+                samples = [
+                    (f'{{rank="{r["rank"]}",address="{r["address"]}"}}', _number(r, key))
+                    for r in ranks
+                    if key == "state" or r.get(key) is not None
+                ]
+                metric(name, kind, help_, samples)
         return "\n".join(lines) + "\n"
+
+
+# Per rank of a model split across hosts (a follower's figures are as of its last request).
+RANK_METRICS = (
+    ("moe_rank_up", "gauge", "1 while the rank is ready, 0 otherwise.", "state"),
+    ("moe_rank_process_memory_bytes", "gauge", "The rank's process memory.", "process_memory"),
+    ("moe_rank_peak_memory_bytes", "gauge", "The rank's peak MLX memory.", "peak_memory"),
+    ("moe_rank_expert_hit_rate", "gauge", "The rank's expert hit rate.", "hit_rate"),
+    ("moe_rank_expert_bytes_read_total", "counter", "Expert bytes the rank read.", "bytes_read"),
+)
+
+
+def _number(rank: dict, key: str) -> float:
+    if key == "state":
+        return 1 if rank["state"] == "ready" else 0
+    return rank[key]

@@ -22,6 +22,11 @@ class Provider(Protocol):
     `logits_processors` (mlx-lm's interface: a grammar's mask), `presence_penalty`,
     `frequency_penalty` and `logit_bias`; `.logprobs` (the vocabulary's log probabilities) and
     `.token` are read for `logprobs`.
+
+    A provider may also have `health() -> {"status", "reason", "ranks"}` (moe-runtime's
+    `Leader`, a model split across hosts): the event loop calls it, so it must not touch MLX.
+    A status other than "ok" refuses requests with a 503 that gives the reason, and `/health`
+    and `/metrics` show every rank.
     """
 
     model_id: str
