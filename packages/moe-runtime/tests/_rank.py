@@ -11,8 +11,9 @@ from pathlib import Path
 import mlx.core as mx
 
 from moe_runtime import Session
+from moe_runtime._pipeline import barrier
 
-PROMPTS = ([{"role": "user", "content": "hello how are you"}], [1, 40, 41, 42, 43, 44, 45])
+MESSAGES = [{"role": "user", "content": "hello how are you"}]
 MAX_TOKENS = 8
 
 
@@ -23,20 +24,27 @@ def main() -> None:
     result = {}
     for path in paths:
         with Session(path, capacity=int(capacity), group=group, split=split, cache_dir=cache) as s:
-            runs = []
-            for prompt in PROMPTS:
+            chat = s.encode_prompt(MESSAGES)
+            runs = [[_record(r) for r in s.stream(chat, max_tokens=MAX_TOKENS)]]
+            # The next turn extends the cache (trimmed, restored or recomputed alike everywhere),
+            # then a prompt that shares nothing with it.
+            prompts = [chat, chat + [r["token"] for r in runs[0]] + [40, 41, 42], [1, 40, 41, 42]]
+            for prompt in prompts[1:]:
                 runs.append([_record(r) for r in s.stream(prompt, max_tokens=MAX_TOKENS)])
             # Sampled: the ranks draw the same token only if their random states agree.
-            sampled = [r.token for r in s.stream(PROMPTS[0], max_tokens=6, temperature=1.0)]
+            sampled = [r.token for r in s.stream(chat, max_tokens=6, temperature=1.0)]
             stats = s.stats()
             result[path] = {
+                "prompts": prompts,
                 "runs": runs,
                 "sampled": sampled,
                 "stage": stats["pipeline"],
                 "banks": [layer["path"] for layer in stats["layers"]],
                 "bytes_read": stats["bytes_read"],
+                "prefix_cache": stats["session"]["prefix_cache"],
             }
     Path(out, f"rank{group.rank()}.json").write_text(json.dumps(result))
+    barrier(group)  # no rank exits while another still needs it
 
 
 def _record(r) -> dict:

@@ -18,7 +18,6 @@ from moe_runtime import plan_split
 
 RANK = Path(__file__).parent / "_rank.py"
 CAPACITY = 6  # of 8-16 experts, top-2 to top-4
-PROMPTS = ([{"role": "user", "content": "hello how are you"}], [1, 40, 41, 42, 43, 44, 45])
 MAX_TOKENS = 8
 LAUNCH_TIMEOUT = 300
 
@@ -30,19 +29,15 @@ CASES = {
 }
 
 
-def reference(path: Path) -> list[list[dict]]:
+def reference(path: Path, prompts: list[list[int]]) -> list[list[dict]]:
     model, tokenizer = mlx_lm.load(str(path))
-    runs = []
-    for prompt in PROMPTS:
-        if isinstance(prompt[0], dict):
-            prompt = tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
-        runs.append(
-            [
-                {"token": r.token, "logprobs": r.logprobs.astype(mx.float32)}
-                for r in mlx_lm.stream_generate(model, tokenizer, mx.array(prompt), MAX_TOKENS)
-            ]
-        )
-    return runs
+    return [
+        [
+            {"token": r.token, "logprobs": r.logprobs.astype(mx.float32)}
+            for r in mlx_lm.stream_generate(model, tokenizer, mx.array(prompt), MAX_TOKENS)
+        ]
+        for prompt in prompts
+    ]
 
 
 @pytest.mark.parametrize("ranks", sorted(CASES))
@@ -61,8 +56,9 @@ def test_split_model_is_exact(ranks, moe_hosts, moe_checkpoint, tmp_path):
     if split == "even":
         layers = [4 // ranks + (1 if r < 4 % ranks else 0) for r in range(ranks)]
     for path in map(str, paths):
-        want = reference(Path(path))
+        want = reference(Path(path), seen[0][path]["prompts"])
         for rank, result in enumerate(r[path] for r in seen):
+            assert result["prompts"] == seen[0][path]["prompts"]
             # Every rank sampled the same tokens as rank 0 and computed the same logits.
             assert result["sampled"] == seen[0][path]["sampled"], (path, rank)
             for got_run, want_run in zip(result["runs"], want, strict=True):
@@ -77,6 +73,8 @@ def test_split_model_is_exact(ranks, moe_hosts, moe_checkpoint, tmp_path):
             assert result["stage"]["layers"] == [stage[0], stage[-1] + 1]
             assert [int(b.split(".")[2]) for b in result["banks"]] == stage, (path, rank)
             assert result["bytes_read"] > 0
+            # Each choice of the prefix cache was the same on every rank.
+            assert result["prefix_cache"] == seen[0][path]["prefix_cache"], (path, rank)
 
 
 def test_plan_split_follows_memory():

@@ -145,6 +145,17 @@ def sync_random(group: mx.distributed.Group) -> None:
     mx.random.seed(seed)
 
 
+def agreement(group: mx.distributed.Group):
+    """`agree(ok) -> bool`: True where every rank passes True (each rank calls it at the same
+    point), so choices made from a rank's own layers are the same everywhere."""
+
+    def agree(ok: bool) -> bool:
+        missing = mx.distributed.all_sum(int(not ok), group=group, stream=mx.cpu)
+        return missing.item() == 0
+
+    return agree
+
+
 def barrier(group: mx.distributed.Group) -> None:
     """Wait until every rank gets here (before a rank exits, so none is left sending)."""
     mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))

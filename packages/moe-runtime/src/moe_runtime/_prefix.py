@@ -5,6 +5,9 @@ trimmed back to the common prefix. Caches that cannot be trimmed (Qwen3-Next's l
 `ArraysCache`, a `RotatingKVCache` past its window) are resumed only from a state that holds
 exactly a prefix of the new prompt: the live cache, or a copy taken at the end of the last
 prompt's prefill. Anything else is recomputed from scratch, never run over stale state.
+
+On a model split across ranks every rank holds the cache of its own layers, and all must feed
+the same tokens: `agree` makes each choice (trim or not, snapshot or not) the same everywhere.
 """
 
 from __future__ import annotations
@@ -28,8 +31,16 @@ class Snapshot:
 class PromptCache:
     """Owns the model's cache; `tokens` is always exactly what `cache` has seen."""
 
-    def __init__(self, model: nn.Module, *, enabled: bool, prefill_step_size: int = 2048) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        enabled: bool,
+        prefill_step_size: int = 2048,
+        agree: Callable[[bool], bool] = bool,
+    ) -> None:
         self.model = model
+        self.agree = agree  # True where every rank says True (a collective on a split model)
         self.enabled = enabled
         self.prefill_step_size = prefill_step_size
         self.cache: list | None = None
@@ -46,9 +57,9 @@ class PromptCache:
         limit = min(_common_prefix(self.tokens, prompt), len(prompt) - 1)
         if limit == len(self.tokens):
             return limit
-        if can_trim_prompt_cache(self.cache):
+        if self.agree(can_trim_prompt_cache(self.cache)):
             excess = len(self.tokens) - limit
-            if trim_prompt_cache(self.cache, excess) == excess:
+            if self.agree(trim_prompt_cache(self.cache, excess) == excess):
                 del self.tokens[limit:]
                 self.counts["trimmed"] += 1
                 return limit
@@ -88,7 +99,7 @@ class PromptCache:
                 self.tokens.extend(chunk)
                 mx.clear_cache()
         fresh = self.snapshot is None or self.snapshot.tokens != self.tokens
-        if self.enabled and fresh and not can_trim_prompt_cache(self.cache):
+        if self.enabled and fresh and not self.agree(can_trim_prompt_cache(self.cache)):
             self.snapshot = Snapshot(list(self.tokens), _copy(self.cache))
         return True
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx_lm
-from mlx_lm.generate import GenerationResponse, maybe_quantize_kv_cache
+from mlx_lm.generate import GenerationResponse, generation_stream, maybe_quantize_kv_cache
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
@@ -47,6 +47,12 @@ class Session:
     its trace, else moe-core's `DEFAULT_POLICY`.
 
     Not thread-safe: one thread at a time.
+
+    With `group` (an MLX distributed group of several ranks) the model is split across the
+    ranks by layers (`split`: layers per rank, rank 0 runs the last ones): each rank loads,
+    plans from its own `memory`, caches and reads only its own layers' experts. Every rank
+    must then make the same calls in the same order; rank 0's output is the model's, and every
+    rank samples the same tokens. End with a barrier before a rank exits (as mlx-lm does).
     """
 
     def __init__(
@@ -134,7 +140,12 @@ class Session:
             self._warm["path"] = str(self._warm_path)
         self._start_experts()
         self.handle.reset_stats()
-        self._cache = PromptCache(self.model, enabled=prefix_cache)
+        agree = bool
+        if self.stage is not None:
+            from ._pipeline import agreement
+
+            agree = agreement(group)
+        self._cache = PromptCache(self.model, enabled=prefix_cache, agree=agree)
         self._active: Iterator | None = None
         self._closed = False
         self._counters = dict(
@@ -382,6 +393,8 @@ class Session:
             return
         if self._active is not None:
             self._active.close()
+        if self.stage is not None:  # the step computed ahead of the last token ends everywhere
+            mx.synchronize(generation_stream)
         try:
             self.save_warm_state()
         finally:
