@@ -14,6 +14,7 @@ ranks are alive comes from `_control`, beside the ring.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -184,6 +185,10 @@ class Leader:
             barrier(group)
             self.session.close()
             self._set("stopped", None)
+            # MLX's ring group aborts the process when it is destroyed at exit by a thread
+            # other than the one that made it: let it go here, with the session that holds it.
+            self.session = group = None
+            gc.collect()
         except Exception as e:  # a collective failed: a peer is gone
             log.exception("rank 0 lost the group")
             self._set("failed", f"the group broke: {type(e).__name__}: {e}")
@@ -202,6 +207,10 @@ class Leader:
     @property
     def tokenizer(self):
         return self.session.tokenizer if self.session is not None else None
+
+    @property
+    def max_context(self) -> int | None:
+        return self.session.kv.max_context if self.session is not None else None
 
     def problem(self) -> str | None:
         """Why requests cannot run now, or None."""
@@ -232,8 +241,10 @@ class Leader:
             chat_template_kwargs=kwargs.pop("chat_template_kwargs", None),
         )
         unknown = set(kwargs) - set(_SHARED)
-        if unknown:
-            raise ValueError(f"{', '.join(sorted(unknown))}: not available on a split model")
+        if unknown:  # e.g. a grammar's logits processor: every rank samples, only rank 0 has it
+            raise ValueError(
+                f"{', '.join(sorted(unknown))}: not available on a model split across hosts"
+            )
         self._seq += 1
         request = _Request(self._seq, tokens, kwargs, cancelled)
         self._requests.put(request)
