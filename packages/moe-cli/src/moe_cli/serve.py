@@ -28,6 +28,7 @@ from ._common import (
     open_session,
     user_errors,
 )
+from ._distributed import DistributedOpt, RankTimeoutOpt, SplitOpt, serve_distributed
 
 
 def serve(
@@ -95,8 +96,30 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    distributed: DistributedOpt = False,
+    split: SplitOpt = None,
+    rank_timeout: RankTimeoutOpt = 10.0,
 ) -> None:
     """Serve a model over the OpenAI and Anthropic HTTP APIs, with a live page at /."""
+    if distributed:
+        return serve_distributed(
+            model,
+            host=host,
+            port=port,
+            api_key=api_key,
+            limits={"max_tokens_default": max_tokens} if max_tokens else {},
+            memory=memory,
+            split=split,
+            rank_timeout=rank_timeout,
+            options=dict(
+                capacity=capacity,
+                profile=profile,
+                policy=policy,
+                miss=miss,
+                kv_bits=kv_bits,
+                max_context=max_context,
+            ),
+        )
     with user_errors():
         import moe_server
 
