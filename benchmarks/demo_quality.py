@@ -6,9 +6,10 @@ unoffloaded model at 100/50/25/12.5% of each layer's experts, for `miss="exact"`
 Held-out text: this project's own source (`packages/*/src/**/*.py`), which the model never saw (it
 was trained on a Python 3.12 standard library and site-packages). Teacher forcing in windows of
 `--chunk` tokens (512 by default); each window's first token is not scored. `exact` must give the
-unoffloaded model's logits bit for bit (asserted). `skip` never loads on a miss, so its cache is warmed first
-with each layer's most-routed experts on a separate warm-up text (this project's tests), up to
-capacity; what it does not hold is dropped. Writes `benchmarks/results/demo_quality.json`.
+unoffloaded model's logits bit for bit (asserted). `skip` never waits for a miss (it drops it and
+reads the expert for later forwards), so its cache is warmed first with each layer's most-routed
+experts on a separate warm-up text (this project's tests), up to capacity. Writes
+`benchmarks/results/demo_quality.json`.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def run(path: Path, batches, ref_logits, capacity: int, miss: str, warm: np.ndar
     if counts is not None:
         handle.observe(SimpleNamespace(on_step=lambda layer, ids: count(counts, layer, ids)))
     if miss == "skip":
-        # Skip never loads on a miss: start from the warm-up text's most-routed experts.
+        # Skip never waits for a miss: start from the warm-up text's most-routed experts.
         order = np.argsort(-warm, axis=1, kind="stable")
         handle.prefetch({layer: order[layer, :capacity].tolist() for layer in range(len(order))})
         handle.reset_stats()
@@ -182,7 +183,8 @@ def main() -> int:
             "scored_positions": len(held_out) - len(batches),
         },
         "skip_warm_start": (
-            "skip never loads on a miss; before each skip run the cache is filled (prefetch, not "
+            "skip never waits for a miss (it drops it and reads the expert for later forwards); "
+            "before each skip run the cache is filled (prefetch, not "
             "counted) with each layer's most-routed experts, up to capacity, counted on "
             f"{len(warm_text)} tokens of this project's packages/*/tests/**/*.py (not the held-out text)"
         ),
