@@ -7,6 +7,7 @@ MOE_BROWSER_TESTS=required (set by .ci/run once it has installed them) they fail
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -79,9 +80,10 @@ def last_answer(driver) -> dict:
     return _js(
         driver,
         """const all = document.querySelectorAll('.msg.assistant');
-        if (!all.length) return {state: null, text: '', meta: ''};
+        if (!all.length) return {state: null, text: '', thinking: '', meta: ''};
         const m = all[all.length - 1];
         return {state: m.dataset.state || null, text: m.querySelector('.text').textContent,
+                thinking: (m.querySelector('.thinking') || {}).textContent || '',
                 meta: (m.querySelector('.meta') || {}).textContent || ''};""",
     )
 
@@ -105,7 +107,12 @@ def test_page_loads_without_console_errors(server, browser):
     settings = browser.find_element("id", "settings").text
     assert "16 of 64" in settings and "exact" in settings
     assert "MB" in browser.find_element("id", "memory-summary").text
-    assert _js(browser, "return document.getElementById('heatmap').dataset.resident") == str(16 * 8)
+    # As many as the server holds: the start-up warm-up prompt may route to fewer than 16 experts
+    # of a layer, so the count is the server's, not 16 x 8.
+    grid = base64.b64decode(hello(server.url)["heat"])
+    resident = sum(1 for cell in grid if cell != 255 and cell & 1)
+    assert 0 < resident <= 16 * 8
+    assert _js(browser, "return document.getElementById('heatmap').dataset.resident") == str(resident)
     assert console_errors(browser) == []
 
 
@@ -168,7 +175,9 @@ def test_the_key_is_asked_once_and_sent_on_every_request(keyed_server, browser):
     )
     ask(browser, "def add(a, b):", 8)
     wait_until(lambda: last_answer(browser)["state"] == "done", timeout=120, what="the answer")
-    assert last_answer(browser)["text"]
+    answer = last_answer(browser)
+    # The demo model thinks first: 8 tokens may all be reasoning, shown apart from the answer.
+    assert answer["text"] or answer["thinking"]
     # A reload in the same tab does not ask again.
     browser.refresh()
     wait_until(

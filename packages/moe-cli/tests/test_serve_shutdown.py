@@ -121,10 +121,10 @@ def test_sigterm_finishes_the_running_stream_fails_the_queued_one_and_exits_0(se
 
 
 def test_max_context_and_queue_options(serve, checkpoint):
-    proc, url, _ = serve("--max-context", 300, "--queue", 0)
+    proc, url, _ = serve("--max-context", 2000, "--queue", 0)
     [model] = httpx.get(url + "/v1/models").json()["data"]
-    assert model["context_length"] == 300
-    long = [{"role": "user", "content": "word " * 400}]
+    assert model["context_length"] == 2000
+    long = [{"role": "user", "content": "word " * 2500}]
     response = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": long})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "context_length_exceeded"
@@ -132,7 +132,9 @@ def test_max_context_and_queue_options(serve, checkpoint):
     body = {
         "model": "m",
         "messages": CHAT,
-        "max_tokens": 200,
+        # Long enough to be running still when the next request comes, however fast the machine
+        # (200 tokens of the tiny model could be over before it).
+        "max_tokens": 1900,
         "stream": True,
         "logit_bias": never_stop(checkpoint),
     }
@@ -145,4 +147,4 @@ def test_max_context_and_queue_options(serve, checkpoint):
         )
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "context: 300 tokens (max_context given" in stderr
+    assert proc.returncode == 0 and "context: 2000 tokens (max_context given" in stderr

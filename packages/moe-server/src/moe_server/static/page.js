@@ -568,6 +568,10 @@
     const div = bubble('assistant', '');
     div.dataset.state = 'streaming';
     const out = div.querySelector('.text');
+    // A thinking model's reasoning (reasoning_content) is shown apart from its answer, dimmed.
+    const thinking = document.createElement('span');
+    thinking.className = 'thinking';
+    div.insertBefore(thinking, out);
     const controller = new AbortController();
     state.busy = controller;
     $('stop').disabled = false;
@@ -599,10 +603,12 @@
         if (chunk.error) throw new Error(chunk.error.message);
         if (chunk.usage) usage = chunk.usage;
         const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
-        if (delta && delta.content) {
+        const piece = delta && (delta.content || delta.reasoning_content);
+        if (piece) {
           if (first === null) first = performance.now();
           last = performance.now();
-          out.textContent += delta.content;
+          if (delta.reasoning_content) thinking.textContent += delta.reasoning_content;
+          if (delta.content) out.textContent += delta.content;
           $('messages').scrollTop = $('messages').scrollHeight;
         }
       }
