@@ -112,7 +112,8 @@ def test_page_loads_without_console_errors(server, browser):
     grid = base64.b64decode(hello(server.url)["heat"])
     resident = sum(1 for cell in grid if cell != 255 and cell & 1)
     assert 0 < resident <= 16 * 8
-    assert _js(browser, "return document.getElementById('heatmap').dataset.resident") == str(resident)
+    shown = _js(browser, "return document.getElementById('heatmap').dataset.resident")
+    assert shown == str(resident)
     assert console_errors(browser) == []
 
 
