@@ -1,7 +1,8 @@
 """A model split across 2, 3 and 4 "hosts" (network namespaces, MLX's ring backend over TCP):
 rank 0's tokens and logits equal the unmodified mlx-lm model's in one process, at a capacity
 below the number of experts, for mlx-lm's own pipeline split (qwen3_moe, qwen3_next) and for the
-families moe adapts (mixtral, gpt_oss); each rank holds and reads only its own layers' experts."""
+families moe adapts (mixtral, qwen2_moe, olmoe, gpt_oss); each rank holds and reads only its own
+layers' experts, and every rank makes the same prompt-cache choices and samples the same tokens."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ LAUNCH_TIMEOUT = 300
 
 CASES = {
     # ranks: (split, families)
-    2: ("even", ["qwen3_moe", "qwen3_next", "mixtral"]),
+    2: ("even", ["qwen3_moe", "qwen3_next", "mixtral", "qwen2_moe", "olmoe"]),
     3: ("2,1,1", ["qwen3_moe", "qwen3_next", "mixtral"]),
     4: ("even", ["qwen3_moe", "qwen3_next", "gpt_oss"]),  # one layer per rank
 }
