@@ -73,6 +73,8 @@ def _saved(path, tmp_path):
         "too_many",
         "negative_count",
         "counts_short",
+        "recent_out_of_range",
+        "unknown_policy",
     ],
 )
 def test_bad_state_means_a_cold_start_and_one_warning(ref, checkpoint, want, tmp_path, damage):
@@ -94,6 +96,10 @@ def test_bad_state_means_a_cold_start_and_one_warning(ref, checkpoint, want, tmp
             data["counts"][2][0] = -1
         elif damage == "counts_short":
             data["counts"][3] = data["counts"][3][:-1]
+        elif damage == "recent_out_of_range":
+            data["recent"][1] = [[99]]
+        elif damage == "unknown_policy":
+            data["policy"] = "nope"
         else:
             data["resident"][1] = list(range(16))
         state.write_text(json.dumps(data))
@@ -122,7 +128,7 @@ def test_state_is_written_atomically(checkpoint, tmp_path):
     state = _saved(path, tmp_path)
     leftovers = [p for p in state.parent.iterdir() if p != state]
     assert leftovers == []
-    assert json.loads(state.read_text())["format"] == 2
+    assert json.loads(state.read_text())["format"] == 3
 
 
 def test_closing_on_another_thread_saves_the_warm_state(checkpoint, tmp_path):
@@ -175,3 +181,37 @@ def test_stats_say_where_the_warm_state_is_and_whether_it_was_used(checkpoint, t
             "restored": False,
             "prefetched": 0,
         }
+
+
+def test_the_next_start_chooses_its_policy_on_the_saved_steps(checkpoint, tmp_path):
+    path = checkpoint("qwen3_moe")
+    first, _ = start(path, tmp_path)
+    with first:
+        for i in range(4):
+            first.generate([{"role": "user", "content": f"count to {i} please"}], max_tokens=40)
+        used = first.stats()["policy"]
+    data = json.loads(next((tmp_path / "warm").glob("*.json")).read_text())
+    assert data["policy"] == used
+    assert all(len(steps) >= 96 for steps in data["recent"])
+    second, _ = start(path, tmp_path)
+    with second:
+        chosen = second.stats()["session"]["warm_start"]["selection"]
+        assert chosen["before"] == used and second.stats()["policy"] == chosen["policy"]
+        assert chosen["accepted"] == (chosen["policy"] != used)
+        assert 0 <= chosen["held_out"] <= chosen["held_out_belady"] <= 1
+    # A policy given, or a profile, is not second-guessed.
+    with Session(path, capacity=6, cache_dir=tmp_path, policy="lru") as third:
+        assert third.stats()["policy"] == "lru"
+        assert "selection" not in third.stats()["session"]["warm_start"]
+
+
+def test_choosing_keeps_the_policy_used_unless_another_wins_on_held_out_steps():
+    from moe_runtime._warm import WarmState, choose_policy
+
+    # Experts used in a cycle one longer than the slots: LRU evicts the next one every time,
+    # the learned policy does not; on noise nothing beats the policy used before.
+    cycle = WarmState([[]], None, [[[i % 4] for i in range(300)]], "lru")
+    selection = choose_policy(cycle, [3], [6])
+    assert selection.accepted and selection.chosen.policy != "lru"
+    assert choose_policy(WarmState([[]], None, [[[0]] * 50], "lru"), [3], [6]) is None  # too few
+    assert choose_policy(WarmState([[]], None, None, None), [3], [6]) is None  # format 2

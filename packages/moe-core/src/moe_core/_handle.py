@@ -60,6 +60,11 @@ class OffloadHandle:
         """Per MoE layer, the expert ids now in memory (host-side tables: no device sync)."""
         return [set(layer.cache.resident().tolist()) for layer in self.layers]
 
+    def recent(self) -> list[list[np.ndarray]]:
+        """Per MoE layer, the experts of each of its last steps (up to 512), oldest first: the
+        window `stats()["window"]` compares with Belady's optimum, a trace to choose from."""
+        return [list(layer.cache.recent.steps) for layer in self.layers]
+
     def pinned(self) -> list[set[int]]:
         return [set(np.flatnonzero(layer.cache.pinned).tolist()) for layer in self.layers]
 

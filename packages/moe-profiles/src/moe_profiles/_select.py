@@ -102,14 +102,16 @@ class _Fitter:
 
     def __init__(self, fit: Trace) -> None:
         self.fit = fit
-        self._caps: dict[tuple[bool, float], list[int]] = {}
-        self._ranked: dict[tuple[bool, float], dict[int, list[int]]] = {}
+        self._caps: dict[tuple, list[int]] = {}
+        self._ranked: dict[tuple, dict[int, list[int]]] = {}
         self._belady: dict[tuple[int, tuple[int, ...]], float] = {}
 
-    def settings(self, choice: Choice, fraction: float) -> tuple[list[int], dict[int, list[int]]]:
+    def settings(
+        self, choice: Choice, fraction: float | Sequence[int]
+    ) -> tuple[list[int], dict[int, list[int]]]:
         """Slots per layer and pinned experts for `choice` at `fraction` of each layer's
         experts, fitted on the first part only."""
-        key = (choice.spread, fraction)
+        key = (choice.spread, fraction if isinstance(fraction, float) else tuple(fraction))
         if key not in self._caps:
             caps = capacities_for(self.fit, fraction)
             if choice.spread:
@@ -137,7 +139,8 @@ def select(
     current: Choice | None = None,
     policies: Sequence[str] | None = None,
     pin_shares: Sequence[float] = PIN_SHARES,
-    fractions: Sequence[float] = FRACTIONS,
+    spreads: Sequence[bool] = (False, True),
+    fractions: Sequence[float | Sequence[int]] = FRACTIONS,
     held_out: float = 1 / 3,
     lookahead: bool = False,
     margin: float = 0.0,
@@ -145,7 +148,8 @@ def select(
     """Fit candidates on the first part of `trace` and keep the best only if it beats `current`
     (default: the default policy, uniform slots, nothing pinned) by more than `margin` on the
     last `held_out` share. The policy is chosen first (uniform slots, nothing pinned), then the
-    spread and the pin share for it. With `lookahead`, the trace's predictions are replayed and
+    spread (of `spreads`) and the pin share for it. A capacity in `fractions` is a share of
+    each layer's experts or a list of slots per layer. With `lookahead`, the trace's predictions are replayed and
     reads ahead count as reads."""
     current = current or Choice()
     policies = tuple(policies or (AHEAD_CANDIDATES if lookahead else CANDIDATES))
@@ -169,7 +173,7 @@ def select(
         return scored[choice]
 
     policy = max(policies, key=lambda p: score(Choice(p)).fit)
-    for spread in (False, True):
+    for spread in spreads:
         for share in pin_shares:
             score(Choice(policy, spread, share))
     score(current)

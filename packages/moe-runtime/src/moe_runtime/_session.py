@@ -25,6 +25,8 @@ from ._stops import StopText
 from ._template import encode_messages
 from ._warm import (
     UsageCounter,
+    WarmState,
+    choose_policy,
     default_cache_dir,
     load_state,
     make_key,
@@ -44,7 +46,9 @@ class Session:
     cache reused across calls and turns, and the resident experts saved for the next start.
 
     `policy`: the expert cache's replacement policy; by default the one the profile chose on
-    its trace, else moe-core's `DEFAULT_POLICY`.
+    its trace, else the one the warm-start state's recent steps chose (the policy used before
+    unless another beat it on the held-out end of those steps), else moe-core's
+    `DEFAULT_POLICY`.
 
     Not thread-safe: one thread at a time.
 
@@ -108,24 +112,12 @@ class Session:
             self.profile = load_profile(profile, self.fingerprint)
             if not isinstance(capacity, list):  # one number of slots, a memory budget, or neither
                 plan = self.profile.spread(plan)
-        self.handle = moe_core.offload(
-            self.model,
-            self.geometry,
-            plan,
-            policy=policy or (self.profile.policy if self.profile else moe_core.DEFAULT_POLICY),
-            miss=miss,
-            backend=backend,
-        )
-        mx.eval(self.model.parameters())  # non-expert weights; expert slots are already there
-        if self.stage is not None:
-            from ._pipeline import sync_random
-
-            sync_random(group)
         self._warm_path = None
         self._warm_key = None
         self._usage: UsageCounter | None = None
         # What this start took from saved state, so results that depend on it can be traced.
         self._warm = {"enabled": warm_start, "path": None, "restored": False, "prefetched": 0}
+        state = None
         if warm_start:
             digest = None
             if profile is not None:
@@ -135,10 +127,39 @@ class Session:
             fingerprint = self.fingerprint
             if self.stage is not None:  # a stage keeps the state of its own layers
                 fingerprint += f"-layers{self.stage.start}-{self.stage.end}"
-            self._warm_key = make_key(fingerprint, self.handle.capacity, digest)
+            self._warm_key = make_key(fingerprint, list(plan.capacity), digest)
             self._warm_path = state_path(Path(cache_dir or default_cache_dir()), self._warm_key)
             self._warm["path"] = str(self._warm_path)
-        self._start_experts()
+            state = load_state(self._warm_path, self._warm_key, list(plan.num_experts))
+        if policy is None and self.profile is not None:
+            policy = self.profile.policy
+        elif policy is None and state is not None:
+            selection = choose_policy(state, list(plan.capacity), list(plan.num_experts))
+            if selection is not None:
+                policy = selection.chosen.policy
+                chosen, current = selection.row(selection.chosen), selection.row(selection.current)
+                self._warm["selection"] = {
+                    "policy": policy,
+                    "accepted": selection.accepted,
+                    "before": selection.current.policy,
+                    "held_out": chosen.held_out,
+                    "held_out_before": current.held_out,
+                    "held_out_belady": chosen.held_out_belady,
+                }
+        self.handle = moe_core.offload(
+            self.model,
+            self.geometry,
+            plan,
+            policy=policy or moe_core.DEFAULT_POLICY,
+            miss=miss,
+            backend=backend,
+        )
+        mx.eval(self.model.parameters())  # non-expert weights; expert slots are already there
+        if self.stage is not None:
+            from ._pipeline import sync_random
+
+            sync_random(group)
+        self._start_experts(state)
         self.handle.reset_stats()
         agree = bool
         if self.stage is not None:
@@ -160,7 +181,7 @@ class Session:
 
     # -- start ------------------------------------------------------------------------------
 
-    def _start_experts(self) -> None:
+    def _start_experts(self, state: WarmState | None) -> None:
         """Before the first request: run a short prompt once (MLX's first call is slow, and it
         loads what a greeting routes to), apply the profile, then load the experts the saved
         state says are used most, all layers in one batch, so the first prefill reads less."""
@@ -175,7 +196,6 @@ class Session:
             self._warm["prefetched"] += apply_profile(self.handle, self.profile)
         if self._warm_path is None:
             return
-        state = load_state(self._warm_path, self._warm_key, self.handle.num_experts)
         # Count what this session's requests choose (the warm-up above is not counted), beside
         # any other observer (moe_profiles.TraceRecorder).
         self._usage = UsageCounter(self.handle.num_experts, state.counts if state else None)
@@ -385,6 +405,8 @@ class Session:
             self.handle.resident(),
             self._usage.as_lists(),
             summary,
+            recent=self.handle.recent(),
+            policy=summary["policy"],
         )
         return self._warm_path
 

@@ -4,6 +4,11 @@ versions loads the most chosen experts, up to each layer's slots, before the fir
 
 Counts carry over from start to start, halved each time, so the warm set follows recent use.
 
+The state also keeps each layer's last steps (the experts of each, the window moe-core compares
+with Belady's optimum) and the cache policy used. Without a policy given or a profile, the next
+start chooses its policy on those steps (`moe_profiles.select`: fitted on their first two
+thirds) and keeps the one used before unless another beat it on their last third.
+
 The file is written atomically (`moe_core.atomic_write`). A
 file that does not parse, or whose key does not match, means a cold start and one warning.
 """
@@ -22,8 +27,10 @@ import numpy as np
 
 import moe_core
 
-FORMAT = 2
-_FORMATS = (1, 2)  # format 1 had the resident set only
+FORMAT = 3
+_FORMATS = (1, 2, 3)  # format 1 had the resident set only, 2 no recent steps nor policy
+# Fewer recent steps than this per layer are too few to hold a third out and choose on.
+MIN_CHOOSE_STEPS = 96
 _PACKAGES = ("moe-core", "moe-runtime", "mlx", "mlx-lm")
 
 
@@ -59,6 +66,33 @@ def state_path(cache_dir: Path, key: WarmKey) -> Path:
 class WarmState:
     resident: list[list[int]]  # per MoE layer, the experts resident at close
     counts: list[list[int]] | None  # per MoE layer and expert, times chosen (decayed)
+    recent: list[list[list[int]]] | None = None  # per MoE layer, its last steps' experts
+    policy: str | None = None  # the cache policy the session used
+
+
+def choose_policy(state: WarmState, capacity: list[int], num_experts: list[int]):
+    """Choose the cache policy on the saved recent steps: fitted on their first two thirds,
+    kept only if it beats the policy used before on their last third (`moe_profiles.select`,
+    at this session's slots). None when too few steps were saved."""
+    if not state.recent:
+        return None
+    steps = min(len(layer) for layer in state.recent)
+    if steps < MIN_CHOOSE_STEPS:
+        return None
+    import moe_profiles
+
+    # Each step's distinct experts, as that many one-expert rows: what the cache sees of it.
+    trace = moe_profiles.Trace.from_steps(
+        [
+            [np.asarray(s, dtype=np.int64)[:, None] for s in layer[-steps:]]
+            for layer in state.recent
+        ],
+        num_experts,
+    )
+    current = moe_profiles.Choice(state.policy or moe_core.DEFAULT_POLICY)
+    return moe_profiles.select(
+        trace, current=current, pin_shares=(0.0,), spreads=(False,), fractions=(list(capacity),)
+    )
 
 
 class UsageCounter:
@@ -144,7 +178,12 @@ def load_state(path: Path, key: WarmKey, num_experts: list[int]) -> WarmState | 
         counts = data.get("counts")
         if data["format"] >= 2:
             _check_counts(counts, num_experts)
-        return WarmState(resident, counts)
+        recent, policy = data.get("recent"), data.get("policy")
+        if data["format"] >= 3:
+            _check_recent(recent, num_experts)
+            if policy not in moe_core.POLICIES:
+                raise ValueError(f"unknown cache policy {policy!r}")
+        return WarmState(resident, counts, recent, policy)
     except Exception as e:  # corrupt in any way: start cold, say so once
         warnings.warn(
             f"ignoring warm-start state {path}: {e}; starting cold", WarmStartWarning, stacklevel=3
@@ -153,13 +192,22 @@ def load_state(path: Path, key: WarmKey, num_experts: list[int]) -> WarmState | 
 
 
 def save_state(
-    path: Path, key: WarmKey, resident: list[set[int]], counts: list[list[int]], stats: dict
+    path: Path,
+    key: WarmKey,
+    resident: list[set[int]],
+    counts: list[list[int]],
+    stats: dict,
+    *,
+    recent: list[list[np.ndarray]],
+    policy: str,
 ) -> None:
     data = {
         "format": FORMAT,
         "key": key.as_json(),
         "resident": [sorted(ids) for ids in resident],
         "counts": counts,
+        "recent": [[np.asarray(s).tolist() for s in layer] for layer in recent],
+        "policy": policy,
         "stats": stats,
     }
     with moe_core.atomic_write(path, "w") as f:
@@ -174,6 +222,18 @@ def _check_counts(counts, num_experts: list[int]) -> None:
             raise ValueError(f"layer {layer}: counts for {_len(row)} experts, it has {experts}")
         if not all(isinstance(c, int) and c >= 0 for c in row):
             raise ValueError(f"layer {layer}: counts must be non-negative integers")
+
+
+def _check_recent(recent, num_experts: list[int]) -> None:
+    if not isinstance(recent, list) or len(recent) != len(num_experts):
+        raise ValueError(
+            f"recent steps for {_len(recent)} layers, the model has {len(num_experts)}"
+        )
+    for layer, (steps, experts) in enumerate(zip(recent, num_experts, strict=True)):
+        if not isinstance(steps, list) or not all(isinstance(s, list) and s for s in steps):
+            raise ValueError(f"layer {layer}: recent steps are not lists of expert ids")
+        if any(not isinstance(e, int) or not 0 <= e < experts for s in steps for e in s):
+            raise ValueError(f"layer {layer}: a recent step's expert id is out of range")
 
 
 def _check_resident(resident, capacity: tuple[int, ...], num_experts: list[int]) -> None:
