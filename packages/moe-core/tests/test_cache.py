@@ -173,3 +173,17 @@ def test_the_window_counts_a_read_ahead_as_a_read():
     w = cache.window()
     assert w.hits == w.lookups == 3 and w.reads == 3 and w.read_hits == 0
     assert w.belady_hits == 0  # every expert was new: no read could be saved
+
+
+def test_one_stats_call_replays_the_window_of_a_few_layers_only():
+    from moe_core._window import REFRESH_LAYERS, RecentSteps, compare_layers
+
+    recent = [RecentSteps(size=8) for _ in range(REFRESH_LAYERS + 3)]
+    for r in recent:
+        for e in range(10):
+            r.add(np.array([e % 3]), 1, 0)
+    first = compare_layers(recent, [2] * len(recent))
+    assert sum(w is not None for w in first) == REFRESH_LAYERS
+    second = compare_layers(recent, [2] * len(recent))  # the rest now, the others cached
+    assert all(w is not None for w in second)
+    assert [a is b for a, b in zip(first, second, strict=True) if a] == [True] * REFRESH_LAYERS

@@ -17,7 +17,7 @@ from ._geometry import Geometry
 from ._observers import Observers
 from ._plan import Plan
 from ._store import ExpertStore
-from ._window import summarize
+from ._window import compare_layers, summarize
 
 T = TypeVar("T")
 
@@ -163,7 +163,12 @@ class OffloadHandle:
             else 0.0,
             "evictions": sum(p["evictions"] for p in per_layer),
             # The live hit rate next to Belady's on the last steps (moe_core._window).
-            "window": summarize([layer.cache.window() for layer in self.layers]),
+            "window": summarize(
+                compare_layers(
+                    [layer.cache.recent for layer in self.layers],
+                    [layer.cache.capacity for layer in self.layers],
+                )
+            ),
             "peak_memory": self.backend.peak_memory(),
             "budget": asdict(self.plan),
             "layers": per_layer,

@@ -5,8 +5,9 @@ loads) and how many it served without a read; nothing is added to the forward pa
 append. When asked, Belady's optimum is replayed over the window: its older half fills the
 optimum's slots as the live cache was filled by what came before, its newer half is compared.
 A read ahead (the lookahead's, a warm start's) counts as a read, so the live figure is bounded
-by Belady's. The comparison is cached until half a window of new steps has come in, so asking
-often costs nothing more, and it amortises to two replayed steps per step served.
+by Belady's. A layer's comparison is cached until half a window of new steps has come in, and
+one call refreshes at most `REFRESH_LAYERS` layers (those waiting longest; the others give their
+last figures), so asking often costs nothing more and one call costs the same in a deep model.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from ._belady import optimal_hits
 
 WINDOW = 512  # steps kept per layer
+REFRESH_LAYERS = 8  # layers whose comparison one call may replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +62,22 @@ class RecentSteps:
         self.reads.clear()
         self._cached = None
 
-    def compare(self, capacity: int) -> WindowStats | None:
-        """Live and optimal hits over the newer half of the window; None before two steps."""
+    @property
+    def waiting(self) -> int:
+        """Steps added since the comparison was last replayed (all of them if never)."""
+        return self.total - self._at if self._cached else self.total + self.size
+
+    def compare(self, capacity: int, *, refresh: bool = True) -> WindowStats | None:
+        """Live and optimal hits over the newer half of the window; None before two steps.
+        Without `refresh`, the last figures (None if there are none)."""
         if len(self.steps) < 2:
             return None
         cached = self._cached
-        if cached and cached[0] == capacity and self.total - self._at < self.size // 2:
+        fresh = self.total - self._at < self.size // 2
+        if cached and cached[0] == capacity and (fresh or not refresh):
             return cached[1]
+        if not refresh:
+            return None
         steps = list(self.steps)
         half = len(steps) // 2
         belady_hits, _ = optimal_hits(steps, capacity, count_from=half)
@@ -80,6 +91,15 @@ class RecentSteps:
         )
         self._cached, self._at = (capacity, stats), self.total
         return stats
+
+
+def compare_layers(recent: list[RecentSteps], capacity: list[int]) -> list[WindowStats | None]:
+    """Each layer's comparison, replaying at most `REFRESH_LAYERS` of them (the ones that have
+    waited longest)."""
+    order = sorted(range(len(recent)), key=lambda i: -recent[i].waiting)
+    due = set(order[:REFRESH_LAYERS])
+    pairs = enumerate(zip(recent, capacity, strict=True))
+    return [r.compare(c, refresh=i in due) for i, (r, c) in pairs]
 
 
 def summarize(layers: list[WindowStats | None]) -> dict | None:
