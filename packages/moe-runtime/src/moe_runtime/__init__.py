@@ -3,7 +3,8 @@ than memory, on mlx-lm.
 
 `Session(model, memory=..., profile=..., kv_bits=...)` loads a model once with its experts
 offloaded by moe-core, reuses the prompt cache across calls and turns, and saves the resident
-experts so the next start is warm. Generation runs through mlx-lm's own loop and returns its
+experts so the next start is warm. `session.open_batch(n)` decodes up to n requests together,
+each token for token as it would run alone. Generation runs through mlx-lm's own loop and returns its
 `GenerationResponse`s; by default the output is the unmodified model's.
 
 Past one machine, `Session(model, ..., group=mx.distributed.init())` runs this rank's layers of
@@ -11,6 +12,7 @@ a model split across hosts (every rank makes the same calls); `Leader` and `foll
 rank 0 taking the requests and the other ranks following it.
 """
 
+from ._batch import Batch
 from ._control import LaunchError, Topology
 from ._demo import demo_model_path
 from ._distributed import GroupUnavailable, Leader, follow
@@ -25,6 +27,7 @@ from ._verify import FileCheck, verify
 from ._warm import WarmStartWarning, default_cache_dir
 
 __all__ = [
+    "Batch",
     "FileCheck",
     "GroupUnavailable",
     "KVPlan",

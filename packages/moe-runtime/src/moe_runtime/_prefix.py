@@ -110,6 +110,18 @@ class PromptCache:
         else:
             self.reset()
 
+    def detach(self) -> list:
+        """Hand the cache (holding `tokens`) to a batch that decodes into it; the next prompt
+        starts from scratch, or from what `adopt` gives back."""
+        cache, self.cache, self.tokens = self.cache, None, []
+        return cache
+
+    def adopt(self, cache: list, tokens: list[int]) -> None:
+        """A batch is done with a request's cache, which holds `tokens`: it becomes the cache
+        the next prompt is compared with."""
+        self.cache = cache
+        self.commit(tokens)
+
     def reset(self) -> int:
         self.cache = make_prompt_cache(self.model)
         self.tokens = []

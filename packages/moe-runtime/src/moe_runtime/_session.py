@@ -17,6 +17,7 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 import moe_core
 
+from ._batch import Batch
 from ._kv import plan_context
 from ._load import load_checked
 from ._prefix import PromptCache
@@ -272,6 +273,48 @@ class Session:
         chunks: when it returns True the stream ends without a token (closing the iterator is
         what stops decoding)."""
         self._check_open()
+        tokens, max_tokens, sampler, processors = self._request(
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            logit_bias=logit_bias,
+            logits_processors=logits_processors,
+            tools=tools,
+            chat_template_kwargs=chat_template_kwargs,
+        )
+        stops = StopText(stop)
+        if self._active is not None:  # an unfinished stream: end it before touching the cache
+            self._active.close()
+        if seed is not None:
+            mx.random.seed(seed)
+        self._active = self._run(tokens, max_tokens, sampler, processors, stops, cancelled)
+        return self._active
+
+    def _request(
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        logit_bias: dict[int, float] | None = None,
+        logits_processors: list | None = None,
+        tools: list[dict] | None = None,
+        chat_template_kwargs: dict | None = None,
+    ) -> tuple[list[int], int, Callable, list]:
+        """One request's prompt tokens, token limit (within the context), sampler and logits
+        processors: what `stream` and `Batch.add` check and build alike."""
         tokens = self.encode_prompt(prompt, tools=tools, chat_template_kwargs=chat_template_kwargs)
         if len(tokens) >= self.kv.max_context:
             raise ValueError(
@@ -281,7 +324,6 @@ class Session:
         if max_tokens == 0 or max_tokens < -1:
             raise ValueError(f"max_tokens must be positive (or -1 for no limit), got {max_tokens}")
         max_tokens = room if max_tokens == -1 else min(max_tokens, room)
-        stops = StopText(stop)
         sampler = make_sampler(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k)
         processors = make_logits_processors(
             logit_bias,
@@ -289,12 +331,7 @@ class Session:
             presence_penalty=presence_penalty,
             frequency_penalty=frequency_penalty,
         ) + list(logits_processors or ())
-        if self._active is not None:  # an unfinished stream: end it before touching the cache
-            self._active.close()
-        if seed is not None:
-            mx.random.seed(seed)
-        self._active = self._run(tokens, max_tokens, sampler, processors, stops, cancelled)
-        return self._active
+        return tokens, max_tokens, sampler, processors
 
     def generate(self, prompt: Prompt, **kwargs) -> str:
         """The generated text (stop strings excluded); takes the same arguments as `stream`."""
@@ -370,6 +407,18 @@ class Session:
                 cache.reset()
             self._counters["generated_tokens"] += len(generated)
             self._active = None
+
+    def open_batch(self, max_streams: int) -> Batch:
+        """A `Batch` decoding up to `max_streams` requests of this session together. Raises
+        ValueError saying why where this session cannot batch: a quantized KV cache (mlx-lm
+        cannot merge one into a batch), a model split across ranks (every rank would have to
+        admit and drop the same requests at the same steps)."""
+        self._check_open()
+        if self.kv.kv_bits is not None:
+            raise ValueError("a quantized KV cache (kv_bits) cannot be batched by mlx-lm")
+        if self.stage is not None:
+            raise ValueError("a model split across ranks decodes one request at a time")
+        return Batch(self, max_streams)
 
     # -- state ------------------------------------------------------------------------------
 
