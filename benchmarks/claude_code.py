@@ -10,20 +10,25 @@ notes file, with telemetry off and a dummy API key, allowed to use the Read tool
 `run` starts `moe serve` on MODEL (default: the shipped demo model) and drives two turns: the
 first asks what the notes file says (the model should call Read, Claude Code executes it and
 sends the tool_result back), the second continues the session (`--continue`). A recording proxy
-in front of the server keeps every request and response; the JSON written to
+in front of the server keeps every request and response (also appended, as each finishes, to
+requests.jsonl in the scratch project, whose path is printed); the JSON written to
 benchmarks/results/claude_code.json says, per turn, how many requests Claude Code made, their
-status codes, which tools the model called, whether a tool_result went back, and the answer.
+status codes, which tools the model called, whether a tool_result went back, the text answered,
+and whether Claude Code left a request before its end (it aborts a stream after 5 minutes
+without an event). `--project DIR` runs Claude Code in DIR instead of a fresh temporary folder
+(the demo model, trained on working directories like /tmp/NAME or /home/USER/NAME, reads
+/tmp/moe-claude-f18821sk/notes.txt as /tmp/moe-app/notes.txt; given /tmp/demo it copies the
+path); `--max-turns N` sets CLAUDE_CODE_MAX_TURNS.
 
-Until the demo model is agent-capable, `--tiny POSITIONS` serves instead a random-weight
-qwen3_moe from moe-testing (its chat template has Qwen's tool calls and thinking) with its
-positions raised to POSITIONS, enough for Claude Code's prompt (~54k tokens with that
-tokenizer's 512-token vocabulary). Such a model writes random tokens and never calls a tool on
-its own: that run shows every request accepted and each turn completed, not a tool executed.
-`--max-output-tokens N` sets Claude Code's CLAUDE_CODE_MAX_OUTPUT_TOKENS (its default asks for
-32000 tokens, which a random model fills up to the context); `--tools Read` offers it only the
-Read tool (a prompt of ~8k instead of ~54k tokens: on this machine's CPU the unmodified mlx-lm
-model alone took 150 s to prefill 16k tokens of the tiny model). API_TIMEOUT_MS is raised to an
-hour: Claude Code otherwise abandons a request after 10 minutes.
+`--tiny POSITIONS` serves instead a random-weight qwen3_moe from moe-testing (its chat
+template has Qwen's tool calls and thinking) with its positions raised to POSITIONS, enough for
+Claude Code's prompt (~54k tokens with that tokenizer's 512-token vocabulary). Such a model
+writes random tokens and never calls a tool on its own: that run shows every request accepted
+and each turn completed, not a tool executed. `--max-output-tokens N` sets Claude Code's
+CLAUDE_CODE_MAX_OUTPUT_TOKENS (its default asks for 32000 tokens, which a random model fills up
+to the context); `--tools Read` offers it only the Read tool (with the demo model's tokenizer a
+first prompt of ~2.4k tokens instead of ~23k with all 24 tools). API_TIMEOUT_MS is raised to
+an hour: Claude Code otherwise abandons a request after 10 minutes.
 
 `record` answers Claude Code from a scripted fake (a Read call, then a text answer) and writes
 its first request and the follow-up that carries the tool_result as JSON fixtures, with
@@ -98,6 +103,7 @@ class Recorder(BaseHTTPRequestHandler):
     upstream: str | None = None
     records: list[dict]
     notes_path: str = ""
+    log: Path | None = None  # each finished record is appended here as one JSON line
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -117,7 +123,7 @@ class Recorder(BaseHTTPRequestHandler):
         self.records.append(record)
         start = time.perf_counter()
         if self.upstream:
-            data = self._forward(body)
+            data = self._forward(body, record)
         else:
             data = self._script()
             self.send_response(200)
@@ -126,24 +132,34 @@ class Recorder(BaseHTTPRequestHandler):
             self.wfile.write(data)
         record["seconds"] = round(time.perf_counter() - start, 1)
         record["response"] = data.decode("utf-8", "replace")
+        if self.log is not None:
+            with self.log.open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
-    def _forward(self, body: bytes) -> bytes:
+    def _forward(self, body: bytes, record: dict) -> bytes:
         """Pass the request on and stream the answer back as it comes (HTTP/1.0: the body
-        ends when the connection closes)."""
+        ends when the connection closes). A client that leaves mid-answer (Claude Code aborts
+        a stream that is idle for 5 minutes) closes the server's connection too, so the server
+        stops generating for nobody."""
         host, port = self.upstream.rsplit(":", 1)
         connection = http.client.HTTPConnection(host, int(port), timeout=3600)
         headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
         connection.request("POST", self.path, body=body, headers=headers)
         response = connection.getresponse()
-        self.records[-1]["status"] = response.status
+        record["status"] = response.status
         self.send_response(response.status)
         self.send_header("content-type", response.getheader("content-type", "application/json"))
         self.end_headers()
         data = bytearray()
-        while chunk := response.read1(65536):
-            data += chunk
-            self.wfile.write(chunk)
-            self.wfile.flush()
+        try:
+            while chunk := response.read1(65536):
+                data += chunk
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except OSError as e:
+            record["client_left"] = f"{type(e).__name__}: {e}"
+        finally:
+            connection.close()
         return bytes(data)
 
     def _script(self) -> bytes:
@@ -187,11 +203,12 @@ class Recorder(BaseHTTPRequestHandler):
         ).encode()
 
 
-def start_recorder(upstream: str | None, notes: Path) -> tuple[ThreadingHTTPServer, list[dict]]:
+def start_recorder(
+    upstream: str | None, notes: Path, log: Path | None = None
+) -> tuple[ThreadingHTTPServer, list[dict]]:
     records: list[dict] = []
-    handler = type(
-        "Handler", (Recorder,), {"upstream": upstream, "records": records, "notes_path": str(notes)}
-    )
+    fields = {"upstream": upstream, "records": records, "notes_path": str(notes), "log": log}
+    handler = type("Handler", (Recorder,), fields)
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, records
@@ -231,8 +248,9 @@ def claude(
     }
 
 
-def project_dir() -> Path:
-    project = Path(tempfile.mkdtemp(prefix="moe-claude-"))
+def project_dir(given: str | None = None) -> Path:
+    project = Path(given) if given else Path(tempfile.mkdtemp(prefix="moe-claude-"))
+    project.mkdir(parents=True, exist_ok=True)
     (project / "notes.txt").write_text(NOTES)
     return project
 
@@ -271,6 +289,9 @@ def summarize(records: list[dict]) -> dict:
             for b in m["content"]
             if b.get("type") == "tool_result"
         ]
+        text = "".join(
+            re.findall(r'"type": ?"text_delta", ?"text": ?"((?:[^"\\]|\\.)*)"', r["response"])
+        )
         out.append(
             {
                 "status": r["status"],
@@ -282,6 +303,8 @@ def summarize(records: list[dict]) -> dict:
                 "tool_results_sent": len(results),
                 "stream": r["body"].get("stream"),
                 "tools_offered": len(r["body"].get("tools", [])),
+                "text": json.loads(f'"{text}"')[:500],
+                **({"client_left": r["client_left"]} if "client_left" in r else {}),
             }
         )
     return {"requests": out}
@@ -300,7 +323,7 @@ def tiny_model(positions: int, out: Path) -> Path:
 
 def run(args) -> None:
     binary = claude_binary(args.claude)
-    project = project_dir()
+    project = project_dir(args.project)
     port = args.port
     model = args.model
     serve = [sys.executable, "-m", "moe_cli.main", "serve", "--port", str(port)]
@@ -313,6 +336,8 @@ def run(args) -> None:
     env = {"API_TIMEOUT_MS": str(args.api_timeout_ms)}
     if args.max_output_tokens:
         env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(args.max_output_tokens)
+    if args.max_turns:
+        env["CLAUDE_CODE_MAX_TURNS"] = str(args.max_turns)
     log = open(project / "serve.log", "w")  # noqa: SIM115 - kept open while the server runs
     server_process = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -328,7 +353,9 @@ def run(args) -> None:
             if time.monotonic() > deadline or server_process.poll() is not None:
                 sys.exit(f"moe serve did not start; see {project / 'serve.log'}")
             time.sleep(1)
-        proxy, records = start_recorder(f"127.0.0.1:{port}", project / "notes.txt")
+        requests_log = project / "requests.jsonl"  # each request and answer, as they finish
+        print(f"requests: {requests_log}", flush=True)
+        proxy, records = start_recorder(f"127.0.0.1:{port}", project / "notes.txt", requests_log)
         url = f"http://127.0.0.1:{proxy.server_address[1]}"
         turns = []
         for prompt, more in (
@@ -359,6 +386,7 @@ def run(args) -> None:
             else args.model or "demo"
         ),
         "serve": ["moe", *(("MODEL" if a == model and args.tiny else a) for a in serve[3:])],
+        "project": str(project) if args.project else "a new temporary folder",
         "claude_env": env,
         "turns": turns,
         "tool_executed": any(t["tool_results_sent"] for turn in turns for t in turn["requests"]),
@@ -381,6 +409,10 @@ def main() -> None:
     go.add_argument("--tiny", type=int, metavar="POSITIONS", help="serve a random-weight model")
     go.add_argument("--max-output-tokens", type=int, help="CLAUDE_CODE_MAX_OUTPUT_TOKENS")
     go.add_argument("--tools", help="Claude Code's --tools (default: all 24 of its tools)")
+    go.add_argument(
+        "--project", help="the folder Claude Code runs in (default: a new temporary one)"
+    )
+    go.add_argument("--max-turns", type=int, help="CLAUDE_CODE_MAX_TURNS")
     go.add_argument("--api-timeout-ms", type=int, default=3_600_000, help="API_TIMEOUT_MS")
     go.add_argument("--port", type=int, default=8791)
     go.add_argument("--json", default=str(ROOT / "benchmarks/results/claude_code.json"))
