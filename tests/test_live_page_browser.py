@@ -114,6 +114,19 @@ def test_page_loads_without_console_errors(server, browser):
     assert 0 < resident <= 16 * 8
     shown = _js(browser, "return document.getElementById('heatmap').dataset.resident")
     assert shown == str(resident)
+    # The memory bar has the plan's parts, the KV cache's included, each as wide as its share.
+    budget = hello(server.url)["budget"]
+    drawn = _js(
+        browser,
+        """return [...document.querySelectorAll('#memory-bar .part')].map(
+            (d) => [d.title, parseFloat(d.style.width)]);""",
+    )
+    assert [title.split(":")[0] for title, _ in drawn] == [p["name"] for p in budget["parts"]]
+    scale = max(budget["memory"] or 0, sum(p["bytes"] for p in budget["parts"]))
+    kv = next(p["bytes"] for p in budget["parts"] if p["name"] == "KV cache")
+    kv_width = next(width for title, width in drawn if title.startswith("KV cache:"))
+    assert kv > 0 and abs(kv_width - 100 * kv / scale) < 0.01
+    assert "KV cache" in browser.find_element("id", "memory-legend").text
     assert console_errors(browser) == []
 
 

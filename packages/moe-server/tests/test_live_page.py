@@ -5,6 +5,7 @@ The same page in a real browser is tested in the repository's tests/test_live_pa
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import dataclasses
 import json
 import threading
@@ -125,6 +126,11 @@ def test_hello_describes_the_session(server, provider):
         c * b for c, b in zip(budget.capacity, budget.expert_bytes, strict=True)
     )
     assert parts["weights"] == budget.dense_bytes and parts["scratch"] == budget.scratch_bytes
+    # The KV cache's part is what the session keeps free for it: its size at the full context.
+    kv = provider.kv
+    assert parts["KV cache"] == budget.reserve_bytes == kv.reserve_bytes > 0
+    assert parts["KV cache"] == kv.bytes_per_token * kv.max_context + kv.fixed_bytes
+    assert parts["process"] == budget.base_bytes
     assert hello["budget"]["reason"] == budget.reason
     assert hello["memory"]["process"] > 0
 
@@ -198,6 +204,35 @@ def test_frames_are_coalesced(serve_app, provider):
     assert np.median(gaps) >= 0.2
 
 
+def test_the_queue_chart_counts_requests_waiting_behind_the_running_one(serve_app, provider):
+    """Three requests at once: the chart's points say 2 then 1 then 0 waiting while one runs,
+    and nothing left at the end."""
+    server = serve_app(ScriptedProvider(provider, delay=0.01))  # ~1.5 s per request
+    events = Events(server.url)
+    body = {"model": "m", "max_tokens": 150, "messages": CHAT}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            replies = list(
+                pool.map(
+                    lambda _: httpx.post(
+                        server.url + "/v1/chat/completions", json=body, timeout=60
+                    ),
+                    range(3),
+                )
+            )
+        assert all(r.status_code == 200 for r in replies)
+        events.wait_for(lambda: sum(len(t.get("requests", [])) for t in events.ticks()) >= 3)
+        events.wait_for(lambda: events.ticks()[-1]["point"]["running"] == 0)
+        ticks = events.ticks()
+    finally:
+        events.close()
+    queue = [(t["point"]["waiting"], t["point"]["running"]) for t in ticks]
+    assert (2, 1) in queue and (1, 1) in queue, queue
+    assert all(w <= 2 and r <= 1 for w, r in queue), queue
+    assert all(t["waiting"] == t["point"]["waiting"] for t in ticks)
+    assert queue[-1] == (0, 0)
+
+
 def test_the_model_is_sampled_on_the_worker_thread_only_and_not_without_a_page(serve_app, provider):
     class Recording(ScriptedProvider):
         def stats(self) -> dict:
@@ -224,29 +259,46 @@ def test_the_model_is_sampled_on_the_worker_thread_only_and_not_without_a_page(s
 
 
 def test_a_slow_sample_stretches_the_interval(serve_app, provider):
-    """Sampling takes at most 1% of the worker's time: a sample of 20 ms waits 2 s for the next."""
+    """Sampling takes at most 1% of the worker's time: a sample of 20 ms waits 2 s for the next.
+    The sample after each job counts too: short jobs back to back do not each pay one; it is
+    owed and taken once the budget allows, while the worker is idle."""
 
     class Slow(ScriptedProvider):
         def stats(self) -> dict:
-            calls.append(time.monotonic())
+            calls.append((time.monotonic(), time.perf_counter()))
             time.sleep(0.02)
             return super().stats()
 
-    calls: list[float] = []
+    calls: list[tuple[float, float]] = []
     server = serve_app(Slow(provider, delay=0.01))
+    worker = server.app.state.engine.worker
     events = Events(server.url)
     try:
         body = {"model": "m", "max_tokens": 400, "messages": CHAT}  # ~4 s of tokens
         assert httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60).is_success
         events.wait_for(lambda: any(t.get("requests") for t in events.ticks()))
-        spent = [t["sampling_s"] for t in events.ticks() if "sampling_s" in t]
+        # At start, during the job (unless a slow start-up sample's budget outlasts it), then
+        # after it: each at least 2 s after the previous (more where a sample took longer).
+        _until(lambda: worker.live.owed_in() is None, timeout=30)
+        gaps = np.diff([t for t, _ in calls])
+        assert len(calls) >= 2 and (gaps >= 2.0).all(), gaps
+        # Twelve jobs of ~0.1 s back to back: a sample after each would be 16% of the time.
+        before, started = len(calls), time.monotonic()
+        short = {**body, "max_tokens": 10}
+        for _ in range(12):
+            reply = httpx.post(server.url + "/v1/chat/completions", json=short, timeout=60)
+            assert reply.is_success
+        elapsed = time.monotonic() - started
+        taken = calls[before:]
+        assert len(taken) <= 1 + elapsed * 0.01 / 0.02, (len(taken), elapsed)
+        # The owed sample comes while the worker is idle, and the page shows it.
+        _until(lambda: worker.live.owed_in() is None, timeout=30)
+        assert len(calls) > before and worker.last_stats
+        events.wait_for(lambda: events.ticks()[-1].get("sampling_s", 0) >= 0.02 * len(calls))
     finally:
         events.close()
-    # At start, then during the job no sooner than 2 s after the previous, then after the job
-    # (that one is always taken).
-    gaps = np.diff(calls)
-    assert len(calls) >= 3 and (gaps[:-1] >= 2.0).all(), gaps
-    assert spent and spent[-1] >= 0.06
+    starts = [p for _, p in calls]
+    assert (np.diff(starts) >= 0.02 / 0.01 - 0.01).all(), np.diff(starts)
 
 
 class _Watched:

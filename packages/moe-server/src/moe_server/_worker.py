@@ -118,7 +118,6 @@ class Worker:
         self._queued: collections.deque[Job] = collections.deque()
         self._current: tuple[Job, float] | None = None  # the running job and when it started
         self._promised: list[float] = []  # when refused clients were told a slot frees
-        self.last_stats: dict = {}
         self.live = Sampler(provider)  # what the live page shows, sampled on this thread
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -192,9 +191,23 @@ class Worker:
         if seconds is not None:  # a job that ran: its time moves the running mean
             self.job_seconds += 0.3 * (seconds - self.job_seconds)
 
+    @property
+    def last_stats(self) -> dict:
+        """`provider.stats()` as the latest sample read it (at start, after each job)."""
+        latest = self.live.latest
+        return latest.stats if latest is not None else {}
+
+    def _next_job(self) -> Job | None:
+        """The next job; while none comes, the sample the last one owes is taken when due."""
+        while True:
+            try:
+                return self._jobs.get(timeout=self.live.owed_in())
+            except queue.Empty:
+                self.live.after_job()
+
     def _run(self) -> None:
-        self._snapshot_stats()
-        while (job := self._jobs.get()) is not None:
+        self.live.after_job()
+        while (job := self._next_job()) is not None:
             job.loop.call_soon_threadsafe(self._started, job)
             self.live.begin(job)
             outcome = "failed"
@@ -212,13 +225,8 @@ class Worker:
                 job.emit(Failure(f"{type(e).__name__}: {e}"))
             finally:
                 self.live.end(job, outcome)
-                self._snapshot_stats()
+                self.live.after_job()
                 job.loop.call_soon_threadsafe(self._ended, job, seconds)
-
-    def _snapshot_stats(self) -> None:
-        sample = self.live.sample()
-        if sample is not None:
-            self.last_stats = sample.stats
 
     def _generate(self, job: Job) -> str:
         """Run one job; returns its outcome (a finish reason, or "cancelled")."""
