@@ -110,7 +110,10 @@ def test_pinned_experts_are_never_evicted(moe_checkpoint):
     assert handle.pinned()[0] == {1, 2}
 
 
-def test_skip_is_lossy_and_never_loads_on_a_miss(moe_checkpoint):
+def test_skip_drops_a_miss_and_reads_it_only_into_a_slot_its_step_does_not_use(moe_checkpoint):
+    """Skip computes without a missing expert (lossy: the output differs from exact) and reads it
+    for later forwards, but never into a slot that holds an expert the step uses: here every
+    slot holds one, so the misses are dropped and nothing is read."""
     path = moe_checkpoint("qwen3_moe", "stacked", "q4")
     tokens = mx.array([list(range(3, 43))])
     exact, _ = offloaded(path, capacity=4)
@@ -120,6 +123,7 @@ def test_skip_is_lossy_and_never_loads_on_a_miss(moe_checkpoint):
     out = skip(tokens)
     stats = handle.stats()
     assert stats["bytes_read"] == 0 and stats["misses"] > 0
+    assert all(resident == {0, 1, 2, 3} for resident in handle.resident())
     assert sum(layer["skipped"] for layer in stats["layers"]) == stats["misses"]
     assert not mx.array_equal(out, exact(tokens)).item()
     assert bool(mx.isfinite(out).all())
