@@ -9,7 +9,7 @@ The public surface is what an embedding stack needs:
   per layer and why), `fingerprint`, `parse_size` (sizes are bytes or text such as "16GB"), the
   memory backends (`detect_backend`, `Backend` and its CPU, Metal and CUDA kinds);
 - `offload` and the `OffloadHandle` it returns (stats, resident sets, pins, observers), the
-  choices it takes (`MISS_MODES`, `POLICIES`, `DEFAULT_POLICY`) and the `ExpertCache` its
+  choices it takes (`MISS_MODES`, `POLICIES`, `DEFAULT_POLICY`, `LOWBIT_BITS`) and the `ExpertCache` its
   layers (and the profile simulator) run, and `optimal_hits`, Belady's optimum they are
   measured against;
 - `pack`, `verify_pack` and `PACK_NAME`, the packed expert layout (a CRC-32C per record, checked
@@ -27,6 +27,7 @@ from ._checkpoint import fingerprint
 from ._errors import BudgetError, CheckpointError, MoEError, UnsupportedModelError
 from ._geometry import Geometry, describe
 from ._handle import OffloadHandle
+from ._lowbit import LOWBIT_BITS
 from ._miss import MISS_MODES
 from ._offload import offload
 from ._pack import PACK_NAME, pack, verify_pack
@@ -36,6 +37,7 @@ from ._size import parse_size
 
 __all__ = [
     "DEFAULT_POLICY",
+    "LOWBIT_BITS",
     "MISS_MODES",
     "PACK_NAME",
     "POLICIES",

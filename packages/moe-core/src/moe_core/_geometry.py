@@ -9,7 +9,14 @@ from pathlib import Path
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ._checkpoint import BankMap, bank_params, checkpoint_fingerprint, find_banks, map_checkpoint
+from ._checkpoint import (
+    _LINEAR_TYPES,
+    BankMap,
+    bank_params,
+    checkpoint_fingerprint,
+    find_banks,
+    map_checkpoint,
+)
 from ._safetensors import read_tensor_table
 
 _LINEAR_STATE = ("linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim")
@@ -28,6 +35,9 @@ class Geometry:
     # Float32 recurrent state of one token in a linear-attention layer (Qwen3-Next's gated delta
     # net): mlx-lm's reference implementation keeps one per prompt token while it prefills.
     state_bytes_per_token: int = 0
+    # Per MoE layer, (outputs, inputs, bytes of one float) of each projection of an expert: what
+    # a requantized copy of it takes (the lossy `lowbit` miss mode)
+    projections: tuple[tuple[tuple[int, int, int], ...], ...] = ()
 
     @property
     def expert_bytes(self) -> tuple[int, ...]:
@@ -56,6 +66,7 @@ def describe(model: nn.Module, model_path: str | Path) -> Geometry:
         dense,
         vocab if isinstance(vocab, int) else 0,
         _state_bytes(args),
+        tuple(_projections(bank) for _, bank in banks),
     )
 
 
@@ -73,6 +84,15 @@ def block_of(model: nn.Module, path: str) -> tuple[nn.Module, str]:
                 node[step] if isinstance(node, nn.Module) and step in node else getattr(node, step)
             )
     return node, name
+
+
+def _projections(bank: nn.Module) -> tuple[tuple[int, int, int], ...]:
+    dims = []
+    for child in bank.children().values():
+        if isinstance(child, _LINEAR_TYPES):
+            floats = child.scales if "scales" in child else child.weight
+            dims.append((child.output_dims, child.input_dims, floats.dtype.size))
+    return tuple(dims)
 
 
 def _top_k(model: nn.Module, path: str) -> int | None:

@@ -156,6 +156,8 @@ class OffloadHandle:
             "misses": misses,
             "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
             "skipped": sum(p["skipped"] for p in per_layer),
+            # choices computed from low-bit copies (the lossy `lowbit` mode)
+            "lowbit": sum(p.get("lowbit", 0) for p in per_layer),
             "bytes_read": total.bytes_read,
             "read_seconds": total.read_seconds,
             "read_mb_per_s": total.bytes_read / total.read_seconds / 1e6

@@ -5,7 +5,8 @@ same kernel with the same arguments, so outputs are identical to the unmodified 
 step needs more experts than there are slots (prefill at low capacity) it runs the bank in waves,
 each touched expert read once. `Skip` is lossy: it computes the resident experts only,
 renormalising as the model's own gate would, and reads the missing ones in the background for
-later steps. A new mode is a new class with `forward`.
+later steps. `LowBit` (`_lowbit.py`) is lossy too: it computes the missing experts from resident
+low-bit copies. A new mode is a new class with `forward`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ._lowbit import LowBit
+
 if TYPE_CHECKING:
     from ._bank import Layer
 
-MISS_MODES = ("exact", "skip")
+MISS_MODES = ("exact", "skip", "lowbit")
 
 # Families whose router normalises the chosen experts' weights without a `norm_topk_prob` flag
 # (a softmax over the top-k logits).
@@ -143,12 +146,17 @@ class Skip:
         self.skipped = 0
 
 
-def make_miss(name: str, block: nn.Module) -> MissMode:
-    """The miss mode `name` for the MoE block `block` (whose bank it serves)."""
+def make_miss(name: str, block: nn.Module, *, copies: nn.Module | None = None) -> MissMode:
+    """The miss mode `name` for the MoE block `block` (whose bank it serves); `copies`: the
+    bank's low-bit twin, for `lowbit`."""
     if name == "exact":
         return Exact()
     if name == "skip":
         return Skip(tap_router(block))
+    if name == "lowbit":
+        if copies is None:
+            raise ValueError("miss mode 'lowbit' needs the bank's low-bit copies")
+        return LowBit(copies)
     raise ValueError(f"unknown miss mode {name!r}; choose one of {', '.join(MISS_MODES)}")
 
 

@@ -21,6 +21,7 @@ from ._checkpoint import BankMap, find_banks
 from ._errors import CheckpointError, MoEError
 from ._geometry import Geometry, block_of, describe
 from ._handle import OffloadHandle
+from ._lowbit import LOWBIT_BITS, make_copies
 from ._miss import MISS_MODES, make_miss
 from ._observers import DeviceCounts, Observers
 from ._pack import PACK_NAME, open_pack
@@ -45,6 +46,7 @@ def offload(
     packed: str | Path | None = "auto",
     lookahead: bool = True,
     backend: Backend | None = None,
+    lowbit_bits: int = LOWBIT_BITS,
 ) -> OffloadHandle:
     """Replace every expert bank of a lazily loaded mlx-lm `model` with an offloaded one.
 
@@ -56,7 +58,9 @@ def offload(
     MLX's memory limits are set once, from the plan.
 
     `miss="exact"` (the default) makes every selected expert resident before its matmul;
-    `miss="skip"` is lossy: it drops experts that are not resident. `packed` names a packed
+    `miss="skip"` is lossy: it drops experts that are not resident; `miss="lowbit"` is lossy
+    too: it computes them from resident `lowbit_bits`-bit copies of every expert (made here from
+    the checkpoint, and counted in the plan) while their full weights are read. `packed` names a packed
     expert file (`moe pack`); "auto" uses `experts.moepack` beside the checkpoint when there is
     one for this very checkpoint. `lookahead` lets each layer start reading the experts the
     next layer's router is likely to pick.
@@ -73,11 +77,21 @@ def offload(
     geometry = source if isinstance(source, Geometry) else describe(model, source)
     if plan is None:
         plan = plan_budget(
-            geometry, capacity=capacity, memory=memory, reserve=reserve, backend=backend
+            geometry,
+            capacity=capacity,
+            memory=memory,
+            reserve=reserve,
+            backend=backend,
+            lowbit_bits=lowbit_bits if miss == "lowbit" else 0,
         )
     elif capacity is not None or memory is not None or reserve:
         raise ValueError("give a plan, or capacity or memory to plan with, not both")
     _check_plan(plan, geometry, backend)
+    if (miss == "lowbit") != bool(plan.lowbit_bits):
+        raise ValueError(
+            "miss='lowbit' needs a plan that counts its low-bit copies "
+            "(plan_budget(..., lowbit_bits=2)), and only it does"
+        )
     if plan.memory is not None:
         backend.set_limits(plan.memory)
 
@@ -94,7 +108,9 @@ def offload(
         reads = Reader(bank_map, cache, slots, store, observers)
         block, name = block_of(model, path)
         counts = DeviceCounts(index, experts, observers)
-        layer = Layer(bank_map, cache, slots, reads, make_miss(miss, block), counts, observers)
+        copies = make_copies(bank, bank_map, store, plan.lowbit_bits) if plan.lowbit_bits else None
+        miss_mode = make_miss(miss, block, copies=copies)
+        layer = Layer(bank_map, cache, slots, reads, miss_mode, counts, observers)
         setattr(block, name, OffloadedBank(bank, layer))
         layers.append(layer)
     if lookahead and miss == "exact":
@@ -104,6 +120,8 @@ def offload(
             router = _router(block_of(model, path)[0])
             if router is not None and k:
                 layer.reads.ahead = Lookahead(nxt.reads, router, k)
+    if plan.lowbit_bits:
+        store.reset_stats()  # making the copies read every expert once: not the model's misses
     mx.clear_cache()
     return OffloadHandle(model, geometry, plan, layers, store, backend, observers)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ._backend import Backend, detect_backend
 from ._errors import BudgetError
 from ._geometry import Geometry
+from ._lowbit import lowbit_expert_bytes
 from ._size import format_sizes, parse_size
 
 # Tokens per prefill chunk the activation headroom is sized for (mlx-lm prefills in chunks).
@@ -31,6 +32,10 @@ class Plan:
     reserve_bytes: int  # kept free for the caller (KV cache)
     num_experts: tuple[int, ...] = ()  # per layer
     fingerprint: str = ""  # of the checkpoint planned for
+    # The lossy `lowbit` miss mode's resident low-bit copy of every expert: its bits (0: none)
+    # and its bytes per MoE layer, taken from the same budget as the slots
+    lowbit_bits: int = 0
+    lowbit_bytes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.capacity) != len(self.expert_bytes):
@@ -55,10 +60,14 @@ def plan_budget(
     memory: int | str | None = None,
     reserve: int | str = 0,
     backend: Backend | None = None,
+    lowbit_bits: int = 0,
 ) -> Plan:
     """The slots per MoE layer for `capacity` (one number or one per layer) or `memory` (bytes
     or text such as "16GB" the whole process may use), not both; with neither, what the backend
     has available. `reserve` is kept free for the caller (KV cache).
+
+    `lowbit_bits` (the lossy `lowbit` miss mode): a copy of every expert at that many bits is
+    kept resident too, and its bytes come out of `memory` before the slots'.
 
     Nothing is loaded, so a tool can show what fits first; raises `BudgetError` when `memory`
     cannot hold the smallest working set.
@@ -73,6 +82,7 @@ def plan_budget(
     base = backend.process_memory()
     activations = _activation_bytes(geometry)
     scratch = _MARGIN + backend.cache_reserve(activations) + activations
+    lowbit = _lowbit_bytes(geometry, lowbit_bits)
     common = dict(
         backend=backend.name,
         base_bytes=base,
@@ -82,6 +92,8 @@ def plan_budget(
         reserve_bytes=reserve,
         num_experts=num_experts,
         fingerprint=geometry.fingerprint,
+        lowbit_bits=lowbit_bits,
+        lowbit_bytes=lowbit,
     )
     if capacity is not None:
         caps = [capacity] * len(num_experts) if isinstance(capacity, int) else list(capacity)
@@ -93,22 +105,24 @@ def plan_budget(
             if c < 1:
                 raise BudgetError(f"capacity of MoE layer {i} must be at least 1, got {c}")
             caps[i] = min(c, e)
-        return Plan(tuple(caps), "capacity given", None, **common)
+        reason = "capacity given" + _lowbit_reason(lowbit, expert_bytes, lowbit_bits)
+        return Plan(tuple(caps), reason, None, **common)
 
     given = memory is not None
     memory = memory if memory is not None else backend.available_memory()
-    fixed = base + geometry.dense_bytes + scratch + reserve
+    fixed = base + geometry.dense_bytes + scratch + reserve + sum(lowbit)
     per_slot = sum(expert_bytes)  # one slot in every MoE layer
     slots = (memory - fixed) // per_slot
     smallest = max(k or 1 for k in geometry.top_k)
     if slots < smallest:
         need = fixed + smallest * per_slot
         budget, need, base, dense, extra, slot = format_sizes(
-            memory, need, base, geometry.dense_bytes, scratch + reserve, per_slot
+            memory, need, base, geometry.dense_bytes, scratch + reserve + sum(lowbit), per_slot
         )
+        what = "scratch, reserve and low-bit copies" if lowbit else "scratch and reserve"
         raise BudgetError(
             f"memory budget {budget} is too small: it needs at least {need} ({base} process, "
-            f"{dense} non-expert weights, {extra} scratch and reserve, {smallest} experts per "
+            f"{dense} non-expert weights, {extra} {what}, {smallest} experts per "
             f"layer of {slot} per slot across layers)"
         )
     caps = tuple(int(min(slots, e)) for e in num_experts)
@@ -122,9 +136,34 @@ def plan_budget(
     budget, fixed = format_sizes(memory, fixed)
     reason = (
         f"{budget} {source}: {fixed} for the process, non-expert weights, scratch and "
-        f"reserve leaves room for {room}"
-    )
+        f"reserve{' and low-bit copies' if lowbit else ''} leaves room for {room}"
+    ) + _lowbit_reason(lowbit, expert_bytes, lowbit_bits)
     return Plan(caps, reason, memory, **common)
+
+
+def _lowbit_bytes(geometry: Geometry, bits: int) -> tuple[int, ...]:
+    """Bytes of every expert's low-bit copy, per MoE layer (empty without copies)."""
+    if not bits:
+        return ()
+    if bits not in (2, 3, 4):
+        raise ValueError(f"low-bit copies are 2, 3 or 4 bits, got {bits}")
+    if len(geometry.projections) != len(geometry.banks):
+        raise ValueError("this geometry does not list its projections: describe(model, path)")
+    return tuple(
+        bank.num_experts * lowbit_expert_bytes(dims, bits)
+        for bank, dims in zip(geometry.banks, geometry.projections, strict=True)
+    )
+
+
+def _lowbit_reason(lowbit: tuple[int, ...], expert_bytes: tuple[int, ...], bits: int) -> str:
+    if not lowbit:
+        return ""
+    (text,) = format_sizes(sum(lowbit))
+    slots = sum(lowbit) / sum(expert_bytes)
+    return (
+        f"; {bits}-bit copies of every expert (LOSSY miss mode lowbit) take {text}, "
+        f"the memory of {slots:.1f} full slots per layer"
+    )
 
 
 def _activation_bytes(geometry: Geometry) -> int:
