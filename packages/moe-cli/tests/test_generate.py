@@ -65,6 +65,17 @@ def test_bad_flag_value_is_a_usage_error(run, checkpoint):
     assert "Traceback" not in result.stderr
 
 
+def test_lowbit_is_labelled_lossy(run, checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    args = ("generate", checkpoint, PROMPT, "-n", "4", "--capacity", "2", "--miss", "lowbit", "-v")
+    result = run(*args)
+    assert result.exit_code == 0, result.stderr
+    assert "mode lowbit" in result.stderr
+    assert "low-bit: " in result.stderr and "2-bit copies" in result.stderr
+    assert "--miss lowbit is LOSSY" in result.stderr
+    assert "lowbit" in run("generate", "--help").stdout
+
+
 def test_skip_says_what_it_skipped_and_which_warm_state_it_used(
     run, checkpoint, tmp_path, monkeypatch
 ):

@@ -80,3 +80,26 @@ def test_memory_given_as_text(checkpoint, tmp_path, mlx_limits):
     with open_session(checkpoint("qwen3_moe"), backend, tmp_path, memory="1GB") as s:
         assert s.handle.plan.memory == 10**9
         assert "given" in s.handle.plan.reason
+
+
+def test_lowbit_copies_come_out_of_the_session_budget(checkpoint, tmp_path, mlx_limits):
+    """The lossy lowbit mode's copies are planned from the same memory: fewer full slots than
+    exact at the same budget, by what the plan says they cost."""
+    path = checkpoint("qwen3_moe")
+    backend = fake_machine(tmp_path, version=2, limit=8 * GB)
+    with open_session(path, backend, tmp_path, capacity=1) as s:
+        b = s.handle.plan
+        fixed = b.base_bytes + b.dense_bytes + b.scratch_bytes + b.reserve_bytes
+        per_slot = sum(b.expert_bytes)
+    memory = fixed + 15 * per_slot
+    with open_session(path, backend, tmp_path, memory=memory) as s:
+        exact = s.handle.plan
+    with open_session(path, backend, tmp_path, memory=memory, miss="lowbit") as s:
+        low = s.handle.plan
+        copies = sum(low.lowbit_bytes)
+        assert copies > 0 and "LOSSY" in low.reason
+        assert exact.capacity[0] - low.capacity[0] == -(-copies // per_slot)
+        assert low.slot_bytes + copies <= exact.slot_bytes
+        s.generate([{"role": "user", "content": "hello"}], max_tokens=4)
+        stats = s.stats()
+        assert stats["lossy"] and stats["miss"] == "lowbit" and stats["lowbit"] > 0

@@ -206,3 +206,5 @@ def test_models_report_the_context_length(client, provider, server):
     # The session's one context limit (lowered to 1500 in these tests, as --max-context does).
     assert model.context_length == model.max_model_len == provider.max_context == 1500
     assert client.models.list().data[0].context_length == model.context_length
+    # The miss mode, labelled (a lossy one would say so).
+    assert model.moe == {"miss": "exact", "lossy": False}

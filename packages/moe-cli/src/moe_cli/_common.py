@@ -55,7 +55,10 @@ PolicyOpt = Annotated[
 MissOpt = Annotated[
     str,
     typer.Option(
-        "--miss", help="What a miss does: exact (read the expert) or skip (LOSSY: drop it)."
+        "--miss",
+        help="What a miss does: exact (read the expert), skip (LOSSY: drop it) or lowbit "
+        "(LOSSY: answer from a resident 2-bit copy of every expert while the expert is read; "
+        "the copies take memory from the budget).",
     ),
 ]
 KVBitsOpt = Annotated[

@@ -118,7 +118,13 @@ def print_stats(last, stats: dict) -> None:
         f"misses), {stats['bytes_read'] / 1e6:.1f} MB read at {stats['read_mb_per_s']:.0f} MB/s; "
         f"mode {stats['miss']}"
     )
-    if stats.get("lossy"):
+    if stats.get("miss") == "lowbit":
+        bits = stats["budget"]["lowbit_bits"]
+        err(
+            f"low-bit: {stats['lowbit']} expert choices computed from {bits}-bit copies "
+            f"(--miss lowbit is LOSSY; the copies take {human_bytes(sum(stats['budget']['lowbit_bytes']))})"
+        )
+    elif stats.get("lossy"):
         err(
             f"skipped: {stats['skipped']} expert choices that were not resident "
             f"(--miss {stats['miss']} is LOSSY)"

@@ -105,6 +105,8 @@ class Session:
             memory=memory,
             reserve=self.kv.reserve_bytes,
             backend=backend,
+            # the lossy `lowbit` mode's copies come out of the same budget
+            lowbit_bits=moe_core.LOWBIT_BITS if miss == "lowbit" else 0,
         )
         self.profile = None
         if profile is not None:

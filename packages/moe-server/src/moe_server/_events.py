@@ -226,6 +226,7 @@ def settings(stats: dict, limits: dict) -> dict:
         "backend": budget.get("backend"),
         "policy": stats.get("policy"),
         "miss": stats.get("miss"),
+        "lossy": stats.get("lossy"),
         "packed": stats.get("packed"),
         "lookahead": stats.get("lookahead"),
         "capacity": [layer.get("capacity") for layer in layers],

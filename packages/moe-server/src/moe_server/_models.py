@@ -15,7 +15,7 @@ def model_object(engine: Engine) -> dict:
     """The loaded model (which answers any model name a request gives) in both APIs' shapes."""
     name = engine.provider.model_id
     context = engine.context_length()
-    return {
+    model = {
         # OpenAI
         "id": name,
         "object": "model",
@@ -34,6 +34,11 @@ def model_object(engine: Engine) -> dict:
         "max_context_length": context,
         "max_input_tokens": context,
     }
+    # What a miss does, labelled: every mode but `exact` answers unlike the unmodified model.
+    miss = getattr(getattr(engine.provider, "handle", None), "miss", None)
+    if isinstance(miss, str):
+        model["moe"] = {"miss": miss, "lossy": miss != "exact"}
+    return model
 
 
 async def models(request: Request) -> Response:
