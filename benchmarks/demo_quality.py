@@ -1,5 +1,6 @@
 """Quality of the shipped demo model under offloading: perplexity and greedy top-1 agreement with the
-unoffloaded model at 100/50/25/12.5% of each layer's experts, for `miss="exact"` and `miss="skip"`.
+unoffloaded model at 100/50/25/12.5% of each layer's experts, for `miss="exact"`, `miss="skip"` and
+`miss="lowbit"` (2-bit copies, the mode's default, and 3-bit ones).
 
     uv run python benchmarks/demo_quality.py [--tokens 1024]
 
@@ -8,7 +9,9 @@ was trained on a Python 3.12 standard library and site-packages). Teacher forcin
 `--chunk` tokens (512 by default); each window's first token is not scored. `exact` must give the
 unoffloaded model's logits bit for bit (asserted). `skip` never waits for a miss (it drops it and
 reads the expert for later forwards), so its cache is warmed first with each layer's most-routed
-experts on a separate warm-up text (this project's tests), up to capacity. Writes
+experts on a separate warm-up text (this project's tests), up to capacity. `lowbit` never waits
+either (it computes a miss from the expert's low-bit copy and reads the expert for later forwards)
+and is warmed the same way; its copies' memory is reported in full slots per layer. Writes
 `benchmarks/results/demo_quality.json`.
 """
 
@@ -34,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 CHUNK = 512  # tokens per teacher-forced window, by default
 FRACTIONS = (1.0, 0.5, 0.25, 0.125)
+MODES = (("exact", 0), ("skip", 0), ("lowbit", 2), ("lowbit", 3))  # (miss, bits of the copies)
 TOP_SHARE = 0.2  # routing skew: share of routings taken by the top 20% of a layer's experts
 
 
@@ -92,15 +96,25 @@ def skew(counts: np.ndarray) -> list[float]:
     return [round(float(row[:top].sum() / row.sum()), 4) for row in ordered]
 
 
-def run(path: Path, batches, ref_logits, capacity: int, miss: str, warm: np.ndarray, counts=None):
+def run(
+    path: Path,
+    batches,
+    ref_logits,
+    capacity: int,
+    miss: str,
+    bits: int,
+    warm: np.ndarray,
+    counts=None,
+):
     """One capacity and miss mode over the held-out chunks; routing counts into `counts` if given."""
     model, _ = load_model(path, lazy=True)
-    handle = moe_core.offload(model, path, capacity=capacity, miss=miss)
+    options = {"lowbit_bits": bits} if miss == "lowbit" else {}
+    handle = moe_core.offload(model, path, capacity=capacity, miss=miss, **options)
     mx.eval(model.parameters())
     if counts is not None:
         handle.observe(SimpleNamespace(on_step=lambda layer, ids: count(counts, layer, ids)))
-    if miss == "skip":
-        # Skip never waits for a miss: start from the warm-up text's most-routed experts.
+    if miss in ("skip", "lowbit"):
+        # Neither waits for a miss: start from the warm-up text's most-routed experts.
         order = np.argsort(-warm, axis=1, kind="stable")
         handle.prefetch({layer: order[layer, :capacity].tolist() for layer in range(len(order))})
         handle.reset_stats()
@@ -111,10 +125,16 @@ def run(path: Path, batches, ref_logits, capacity: int, miss: str, warm: np.ndar
     handle.close()
     agree = total = 0
     identical = True
+    worst, summed = 0.0, 0.0
     for got, want in zip(logits, ref_logits, strict=True):
         agree += int((got.argmax(-1) == want.argmax(-1)).sum().item())
         total += got.shape[1]
         identical = identical and bool(mx.array_equal(got, want).item())
+        diff = mx.abs(got - want)
+        worst = max(worst, diff.max().item())
+        summed += diff.mean(axis=-1).sum().item()
+    plan = handle.plan
+    copies = sum(plan.lowbit_bytes) / sum(plan.expert_bytes)  # in full slots per layer
     if miss == "exact":
         assert identical, f"exact mode at capacity {capacity} changed the logits"
     return {
@@ -123,6 +143,12 @@ def run(path: Path, batches, ref_logits, capacity: int, miss: str, warm: np.ndar
         "perplexity": round(float(np.exp(nll)), 4),
         "top1_agreement": round(agree / total, 4),
         "logits_identical": identical,
+        "max_abs_logit_error": round(worst, 4),
+        "mean_abs_logit_error": round(summed / total, 4),
+        "lowbit_bits": bits,
+        "lowbit": stats["lowbit"],
+        "copies_bytes": sum(plan.lowbit_bytes),
+        "memory_in_full_slots": round(capacity + copies, 2),
         "hit_rate": round(stats["hit_rate"], 4),
         "hits": stats["hits"],
         "misses": stats["misses"],
@@ -161,11 +187,11 @@ def main() -> int:
     held_counts = np.zeros_like(warm)  # filled by the exact run holding every expert
 
     rows = []
-    for miss in ("exact", "skip"):
+    for miss, bits in MODES:
         for fraction in FRACTIONS:
             capacity = round(fraction * num_experts)
             counts = held_counts if (miss, fraction) == ("exact", 1.0) else None
-            row = run(path, batches, ref_logits, capacity, miss, warm, counts)
+            row = run(path, batches, ref_logits, capacity, miss, bits, warm, counts)
             row["fraction"] = fraction
             rows.append(row)
             print(row, flush=True)
@@ -188,8 +214,16 @@ def main() -> int:
             "counted) with each layer's most-routed experts, up to capacity, counted on "
             f"{len(warm_text)} tokens of this project's packages/*/tests/**/*.py (not the held-out text)"
         ),
-        "counting": "hits/misses: exact counts each distinct expert once per forward; skip counts "
-        "each (token, expert) routing, and its misses are the dropped routings (skipped)",
+        "lowbit": (
+            "lossy: a resident low-bit copy of every expert (mlx affine quantization, requantized "
+            "from the 4-bit checkpoint at offload; lowbit_bits 2 is the mode's default) answers a "
+            "miss at once while the expert is read for later forwards; warmed like skip. "
+            "memory_in_full_slots: the slots plus the copies' bytes in full experts per layer "
+            "(what the plan takes from the budget); lowbit: routings answered by copies"
+        ),
+        "counting": "hits/misses: exact counts each distinct expert once per forward; skip and "
+        "lowbit count each (token, expert) routing; skip's misses are the dropped routings "
+        "(skipped), lowbit's those answered by copies (lowbit)",
         "other_lossy_modes": "none: moe_core.MISS_MODES is " + str(list(moe_core.MISS_MODES)),
         "reference": reference,
         "rows": rows,
@@ -210,11 +244,14 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "demo_quality.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{'capacity':>8} {'miss':>5} {'ppl':>8} {'agree':>6} {'hit':>6} {'MB read':>8}")
+    print(
+        f"{'capacity':>8} {'miss':>8} {'ppl':>8} {'agree':>6} {'hit':>6} {'MB read':>8} {'mem':>6}"
+    )
     for r in rows:
+        name = r["miss"] + (str(r["lowbit_bits"]) if r["lowbit_bits"] else "")
         print(
-            f"{r['capacity']:>8} {r['miss']:>5} {r['perplexity']:>8.3f} {r['top1_agreement']:>6.3f} "
-            f"{r['hit_rate']:>6.3f} {r['bytes_read'] / 1e6:>8.2f}"
+            f"{r['capacity']:>8} {name:>8} {r['perplexity']:>8.3f} {r['top1_agreement']:>6.3f} "
+            f"{r['hit_rate']:>6.3f} {r['bytes_read'] / 1e6:>8.2f} {r['memory_in_full_slots']:>6.1f}"
         )
     print(f"reference ppl {reference['perplexity']}; skew {per_layer}; wrote {out}")
     return 0
