@@ -29,14 +29,14 @@ class HeldReads:
         self.release = threading.Event()
         self.started = 0
 
-    def submit(self, bank, loads, dests) -> Future:
+    def submit(self, bank, loads, dests, **options) -> Future:
         self.started += 1
         done: Future = Future()
 
         def later() -> None:
             self.release.wait()
             try:
-                self.source.submit(bank, loads, dests).result()
+                self.source.submit(bank, loads, dests, **options).result()
             except BaseException as e:
                 done.set_exception(e)
             else:
