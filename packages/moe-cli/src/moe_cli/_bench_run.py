@@ -33,6 +33,8 @@ def run(spec: dict) -> dict:
                 at_first = session.stats()
             count += 1
         stats = session.stats()
+    if first is None or last is None:
+        raise RuntimeError("the session generated no token")
     decoded = count - 1
     decode_bytes = stats["bytes_read"] - at_first["bytes_read"]
     return {

@@ -64,7 +64,7 @@ def serve_distributed(
             fail(f"--memory lists {len(memories)} budgets for {topology.size} hosts")
         layers = _layers(split, topology.size)
         if layers is None and len(memories) > 1:
-            layers = plan_split(_num_layers(model), memories)
+            layers = plan_split(_num_layers(model), [m or 0 for m in memories])  # all given
         session = dict(
             options,
             memory=memories[topology.rank if len(memories) > 1 else 0],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -79,11 +79,12 @@ def record(
     with user_errors():
         from moe_profiles import Profile, TraceRecorder, load_preset_requests
 
-        requests = (
-            [(p.prompt, p.tools) for p in load_preset_requests(preset)]
-            if preset
-            else [(p, None) for p in read_prompts(prompts)]
-        )
+        requests: list[tuple[Any, Any]]
+        if preset is not None:
+            requests, label = [(p.prompt, p.tools) for p in load_preset_requests(preset)], preset
+        else:
+            assert prompts is not None  # one of the two, checked above
+            requests, label = [(p, None) for p in read_prompts(prompts)], prompts.name
         # Every prompt must run through the model in full for its routing to be recorded.
         session = open_session(model, memory=memory, capacity=capacity, prefix_cache=False)
         with session:
@@ -92,7 +93,7 @@ def record(
             with progress_bar() as progress:
                 task = progress.add_task("Profiling", total=len(requests))
                 for i, (prompt, tools) in enumerate(requests):
-                    recorder.segment(f"{preset or prompts.name}[{i}]")
+                    recorder.segment(f"{label}[{i}]")
                     session.generate(prompt, max_tokens=tokens, tools=tools)
                     progress.advance(task)
             session.handle.unobserve(recorder)

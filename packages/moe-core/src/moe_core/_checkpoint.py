@@ -14,6 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -86,7 +87,9 @@ class BankMap:
 
 def find_banks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every expert bank in the model, in module order, with its dotted path."""
-    banks = [(path, m) for path, m in model.named_modules() if isinstance(m, BANK_TYPES)]
+    banks: list[tuple[str, nn.Module]] = [
+        (path, m) for path, m in model.named_modules() if isinstance(m, BANK_TYPES)
+    ]
     # named_modules lists children before parents in reverse; sort by layer order of the path.
     banks.sort(key=lambda item: [int(t) if t.isdigit() else t for t in item[0].split(".")])
     if not banks:
@@ -97,9 +100,15 @@ def find_banks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return banks
 
 
+def flat_parameters(module: nn.Module) -> list[tuple[str, mx.array]]:
+    """The module's arrays as (dotted name, array) pairs; mlx types `tree_flatten`'s result as a
+    list or a dict, and with no `destination` it is the list."""
+    return cast("list[tuple[str, mx.array]]", tree_flatten(module.parameters()))
+
+
 def bank_params(path: str, bank: nn.Module) -> dict[str, mx.array]:
     """The bank's per-expert arrays, keyed `proj.param`, checked to lead with the expert axis."""
-    params = {}
+    params: dict[str, mx.array] = {}
     num_experts = None
     for name, child in bank.children().items():
         if not isinstance(child, _LINEAR_TYPES):
@@ -111,7 +120,7 @@ def bank_params(path: str, bank: nn.Module) -> dict[str, mx.array]:
             raise UnsupportedModelError(
                 f"{path}.{name}: quantization mode {child.mode!r} with a global scale is not supported"
             )
-        for pname, arr in tree_flatten(child.parameters()):
+        for pname, arr in flat_parameters(child):
             if num_experts is None:
                 num_experts = arr.shape[0]
             if arr.ndim < 1 or arr.shape[0] != num_experts:

@@ -112,7 +112,7 @@ def pack(
                     store.read(bank, [(first + i, i) for i in range(count)], dests)
                     for i in range(count):
                         entry["checksums"][first + i] = record_crc(staging[i, : bank.expert_bytes])
-                    f.write(memoryview(staging[:count]).cast("B"))
+                    f.write(staging[:count].data.cast("B"))
                     done = entry["offset"] + (first + count) * record
                     if progress is not None:
                         progress(done, total)
@@ -174,7 +174,7 @@ def verify_pack(
             for first in range(0, entry["num_experts"], batch):
                 count = min(batch, entry["num_experts"] - first)
                 f.seek(entry["offset"] + first * record)
-                f.readinto(memoryview(buffer[:count]).cast("B"))
+                f.readinto(buffer[:count].data.cast("B"))
                 for i in range(count):
                     if record_crc(buffer[i, :nbytes]) != sums[first + i]:
                         bad.append(

@@ -172,8 +172,8 @@ def pin_limit(capacity: int, top_k: int) -> int:
     return max(0, min(capacity // 2, capacity - top_k))
 
 
-def _upper_hull(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    hull: list[tuple[int, int]] = []
+def _upper_hull(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    hull: list[tuple[int, float]] = []
     for p in points:
         while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) >= 0:
             hull.pop()

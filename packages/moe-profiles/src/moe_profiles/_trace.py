@@ -13,6 +13,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -233,7 +234,7 @@ class Trace:
             "top_k": self.top_k,
             "segments": [{"name": s.name, "starts": list(s.starts)} for s in self.segments],
         }
-        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+        arrays: dict[str, Any] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
         for i, layer in enumerate(self.layers):
             arrays[f"ids_{i}"] = layer.ids
             arrays[f"offsets_{i}"] = layer.offsets

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +50,7 @@ class Topology:
         return len(self.addresses)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Topology:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Topology:
         """From `MLX_RANK` and `MLX_HOSTFILE` (set by `mlx.launch` for the ring backend). The
         control port is `MOE_CONTROL_PORT`, or the port just below rank 0's first ring port."""
         env = os.environ if env is None else env
@@ -333,9 +333,9 @@ class ControlClient:
                     lines.send(message)
                     last_sent = now
                 sock.settimeout(_TICK_S)  # so what is queued leaves within a tick
-                if (message := lines.read()) is not None:
+                if (heard := lines.read()) is not None:
                     last_heard = time.monotonic()
-                    if message.get("kind") == "go":
+                    if heard.get("kind") == "go":
                         self.go.set()
                 silent = time.monotonic() - last_heard
                 if silent > (self.timeout_s if self.ready else self.join_s):

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import mlx.core as mx
 
@@ -53,18 +54,20 @@ def _share(group: mx.distributed.Group, obj: dict | None) -> dict:
     """Rank 0's `obj` on every rank (the others pass None)."""
     if group.rank() == 0:
         data = mx.array(list(json.dumps(obj).encode()), dtype=mx.uint8)
-        mx.eval(mx.distributed.all_sum(data.size, group=group, stream=mx.cpu))
+        mx.eval(mx.distributed.all_sum(mx.array(data.size), group=group, stream=mx.cpu))
         mx.eval(mx.distributed.all_sum(data, group=group, stream=mx.cpu))
+        assert obj is not None, "rank 0 shares a dict"
         return obj
-    size = mx.distributed.all_sum(0, group=group, stream=mx.cpu).item()
+    size = cast(int, mx.distributed.all_sum(mx.array(0), group=group, stream=mx.cpu).item())
     data = mx.distributed.all_sum(mx.zeros(size, dtype=mx.uint8), group=group, stream=mx.cpu)
-    return json.loads(bytes(memoryview(data)))
+    # mlx's stubs do not declare the buffer protocol its arrays have.
+    return json.loads(bytes(memoryview(data)))  # type: ignore[arg-type]
 
 
 def _flag(group: mx.distributed.Group, value: bool) -> bool:
     """Rank 0's yes or no on every rank."""
     value = value if group.rank() == 0 else False
-    return bool(mx.distributed.all_sum(int(value), group=group, stream=mx.cpu).item())
+    return bool(mx.distributed.all_sum(mx.array(int(value)), group=group, stream=mx.cpu).item())
 
 
 def summary(session, seq: int = 0) -> dict:
@@ -138,8 +141,9 @@ class Leader:
         self.topology = topology or Topology.from_env()
         self.model_id, self.model_path = resolve_model(model)
         self.control = ControlServer(self.topology, beat_s=beat_s, timeout_s=timeout_s)
-        self.session = None
-        self.state, self.reason, self.since = "loading", None, time.time()
+        self.session: Any = None  # the Session, once the model's thread has loaded it
+        self.state, self.since = "loading", time.time()
+        self.reason: str | None = None
         self._own: dict = {}
         self._full: dict = {}
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
@@ -164,17 +168,21 @@ class Leader:
             log.exception("rank 0 could not start")
             self._set("failed", f"rank 0 could not start: {type(e).__name__}: {e}")
             return
-        request = None
+        request: _Request | None = None
         try:
             while (request := self._requests.get()) is not None:
                 shared = {"seq": request.seq, "tokens": request.tokens, "kwargs": request.kwargs}
                 _share(group, {"op": "stream", **shared})
+
+                def advance(r: _Request = request) -> bool:
+                    return r.steps.get() == _NEXT
+
                 try:
                     _run_stream(
                         group,
                         self.session,
                         shared,
-                        lambda r=request: r.steps.get() == _NEXT,
+                        advance,
                         request.out.put,
                         request.cancelled,
                     )
@@ -187,7 +195,8 @@ class Leader:
             self._set("stopped", None)
             # MLX's ring group aborts the process when it is destroyed at exit by a thread
             # other than the one that made it: let it go here, with the session that holds it.
-            self.session = group = None
+            self.session = None
+            del group
             gc.collect()
         except Exception as e:  # a collective failed: a peer is gone
             log.exception("rank 0 lost the group")

@@ -4,6 +4,7 @@ types, so the expert budget can keep that much free (`reserve=` of `moe_core.off
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -153,7 +154,7 @@ def _linear_state_bytes(config: dict) -> int:
 
 def _dtype_bytes(model: nn.Module) -> int:
     """Bytes of the activation dtype: that of the embedding (its scales when quantized)."""
-    for name, array in tree_flatten(model.parameters()):
+    for name, array in cast("list[tuple[str, mx.array]]", tree_flatten(model.parameters())):
         if "embed" in name and mx.issubdtype(array.dtype, mx.floating):
             return array.dtype.size
     return 2

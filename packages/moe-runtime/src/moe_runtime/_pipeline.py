@@ -14,6 +14,7 @@ hidden state (an `all_gather` at the end of the stack), so every rank samples th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -80,7 +81,7 @@ def _adapt(inner: nn.Module, group: mx.distributed.Group, split: list[int] | Non
         for name, value in inner.items()
         if name != "layers" and isinstance(value, list) and len(value) == num_layers
     }  # e.g. gpt_oss's layer_types
-    PipelineMixin.pipeline(inner, group, split)
+    PipelineMixin.pipeline(inner, group, split)  # type: ignore[arg-type]  # the mixin's split, lent
     start, end = inner.start_idx, inner.end_idx
     layers = list(inner.layers[start:end])
     layers[0] = _Receive(layers[0], group)
@@ -141,8 +142,9 @@ class _Send:
 def sync_random(group: mx.distributed.Group) -> None:
     """Give every rank the same random state, so sampling picks the same token everywhere (as
     mlx-lm's server does)."""
-    seed = mx.distributed.all_sum(mx.random.state[0], group=group).view(mx.uint64).item()
-    mx.random.seed(seed)
+    state = cast(list[mx.array], mx.random.state)
+    seed = mx.distributed.all_sum(state[0], group=group).view(mx.uint64).item()
+    mx.random.seed(cast(int, seed))
 
 
 def agreement(group: mx.distributed.Group):
@@ -150,7 +152,7 @@ def agreement(group: mx.distributed.Group):
     point), so choices made from a rank's own layers are the same everywhere."""
 
     def agree(ok: bool) -> bool:
-        missing = mx.distributed.all_sum(int(not ok), group=group, stream=mx.cpu)
+        missing = mx.distributed.all_sum(mx.array(int(not ok)), group=group, stream=mx.cpu)
         return missing.item() == 0
 
     return agree

@@ -333,7 +333,7 @@ async def _stream(engine: Engine, job, message: dict):
                 open_kind = kind
             delta = (
                 {"type": "text_delta", "text": event}
-                if kind == "text"
+                if isinstance(event, str)
                 else {"type": "thinking_delta", "thinking": event.text}
             )
             yield _sse("content_block_delta", {"index": index, "delta": delta})

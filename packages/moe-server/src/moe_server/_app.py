@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -77,7 +78,7 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        authorized = not self.api_key or self._authorized(scope)
+        authorized = not self.api_key or self._authorized(scope, self.api_key)
         scope.setdefault("state", {})["authorized"] = authorized
         if not authorized and path not in OPEN and not path.startswith(OPEN_PREFIXES):
             response = _error(path, 401, "authentication_error", "invalid or missing API key")
@@ -91,13 +92,13 @@ class _Guard:
 
         await self.app(scope, receive, send_and_count)
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _authorized(self, scope: Scope, api_key: str) -> bool:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         given = headers.get("x-api-key", "")
         authorization = headers.get("authorization", "")
         if authorization.lower().startswith("bearer "):
             given = given or authorization[7:].strip()
-        return hmac.compare_digest(given.encode(), self.api_key.encode())
+        return hmac.compare_digest(given.encode(), api_key.encode())
 
 
 async def _health(request: Request) -> Response:
@@ -207,11 +208,9 @@ def create_app(
         Route("/live/events", live_events, methods=["GET"]),
         *_page.routes(key_required=bool(api_key)),
     ]
-    app = Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
-    )
+    # Starlette types a handler as taking any Exception; _http_error takes the one it is for.
+    handlers: dict[Any, Any] = {HTTPException: _http_error, Exception: _server_error}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.engine = engine
     app.state.live = live
     app.add_middleware(_Guard, api_key=api_key, engine=engine)

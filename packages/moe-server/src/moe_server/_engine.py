@@ -45,7 +45,7 @@ class Engine:
         self.worker = Worker(provider, max_queue=limits.max_queue)
         self.metrics = Metrics()
         self.created = int(time.time())
-        self._lltok = None  # llguidance's tokenizer, built on the first constrained request
+        self._lltok: Any = None  # llguidance's tokenizer, built on the first constrained request
 
     @functools.cached_property
     def vocab_size(self) -> int:

@@ -82,7 +82,7 @@ class _Job:
     submitted: float
     prompt_tokens: int
     first: float | None = None
-    last: float | None = None
+    last: float = 0.0  # set with `first`
     tokens: int = 0
 
 

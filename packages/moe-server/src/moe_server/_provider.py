@@ -30,7 +30,9 @@ class Provider(Protocol):
     """
 
     model_id: str
-    tokenizer: Any
+
+    @property
+    def tokenizer(self) -> Any: ...
 
     def stream(self, prompt: Any, **sampling: Any) -> Iterator[Any]: ...
 

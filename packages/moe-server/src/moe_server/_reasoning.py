@@ -44,7 +44,7 @@ class ReasoningSplitter:
         self._buffer += piece
         out: list[str | Reasoning] = []
         while True:
-            marker = self.end if self.inside else self.start
+            marker = (self.end if self.inside else self.start) or ""  # both set where active
             index = self._buffer.find(marker)
             if index >= 0:
                 self._emit(out, self._buffer[:index].rstrip())

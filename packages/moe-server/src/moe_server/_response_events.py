@@ -72,6 +72,7 @@ class Run:
 
     def _add(self, kind: str) -> list[str]:
         index = len(self.response["output"])
+        item: dict[str, Any]
         if kind == "message":
             item = {
                 "type": "message",
@@ -109,13 +110,14 @@ class Run:
 
     def _delta(self, text: str) -> list[str]:
         item, index = self._open, len(self.response["output"]) - 1
+        assert item is not None  # a delta follows the item it adds to
         item["content"][0]["text"] += text
         kind = (
             "response.output_text.delta"
             if item["type"] == "message"
             else ("response.reasoning_text.delta")
         )
-        extra = {"logprobs": []} if item["type"] == "message" else {}
+        extra: dict[str, Any] = {"logprobs": []} if item["type"] == "message" else {}
         return [
             self._event(
                 kind, item_id=item["id"], output_index=index, content_index=0, delta=text, **extra

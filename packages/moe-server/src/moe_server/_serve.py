@@ -47,6 +47,11 @@ def serve(
     check_bind(host, api_key)
     app = create_app(provider, api_key=api_key, **limits)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace + _FLUSH_S
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        # uvicorn's annotation says int; it waits with asyncio, which takes fractions of seconds
+        timeout_graceful_shutdown=grace + _FLUSH_S,  # type: ignore[arg-type]
     )
     _Server(config, worker=app.state.engine.worker, grace=grace).run()

@@ -9,7 +9,7 @@ mlx-lm logits processor that masks the rest. It was chosen over outlines-core an
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import llguidance
 import mlx.core as mx
@@ -17,9 +17,16 @@ import numpy as np
 
 from ._request import RequestError
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
 # One line, Python's json.dumps separators: whitespace a model could repeat forever is not
 # offered (llguidance's default allows any run of whitespace between JSON tokens).
-_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+_JSON_OPTIONS: JsonCompileOptions = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
 
 
 def ll_tokenizer(tokenizer: Any) -> llguidance.LLTokenizer:
@@ -124,7 +131,7 @@ class GrammarProcessor:
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         self._calls += 1
         if self._calls > 1:
-            self._advance(int(tokens[-1].item()))
+            self._advance(cast(int, tokens[-1].item()))  # a token id
         if self.thinking:
             return logits
         mask = self._allowed(logits.shape[-1])

@@ -72,28 +72,29 @@ class ToolScanner:
     def feed(self, piece: str) -> list[str | ToolCall]:
         if not self.active:
             return [piece] if piece else []
+        start, end = self.start or "", self.end or ""  # both set where active
         self._buffer += piece
         out: list[str | ToolCall] = []
         while True:
             if self._inside:
-                index = self._buffer.find(self.end)
+                index = self._buffer.find(end)
                 if index < 0:
                     return out
-                body, self._buffer = self._buffer[:index], self._buffer[index + len(self.end) :]
+                body, self._buffer = self._buffer[:index], self._buffer[index + len(end) :]
                 self._inside = False
                 out.extend(self._parse(body))
             else:
-                index = self._buffer.find(self.start)
+                index = self._buffer.find(start)
                 if index >= 0:
                     text, self._buffer = (
                         self._buffer[:index],
-                        self._buffer[index + len(self.start) :],
+                        self._buffer[index + len(start) :],
                     )
                     self._inside = True
                     out.extend(self._text(text.rstrip()))  # whitespace before a call is layout
                     continue
                 # Whitespace waits for what follows so none dangles around tool calls.
-                keep = max(StopText.held_back(self._buffer, [self.start]), self._trailing_space())
+                keep = max(StopText.held_back(self._buffer, [start]), self._trailing_space())
                 cut = len(self._buffer) - keep
                 text, self._buffer = self._buffer[:cut], self._buffer[cut:]
                 out.extend(self._text(text))
@@ -120,10 +121,11 @@ class ToolScanner:
         return [text]
 
     def _parse(self, body: str) -> list[str | ToolCall]:
+        assert self.parser is not None  # only an active scanner finds a call's body
         try:
             calls = _tool_calls_from(self.parser(body, self.tools))
         except (ValueError, json.JSONDecodeError, KeyError, TypeError):
             # Not a tool call after all: the client sees what the model wrote.
-            return self._text(self.start + body + self.end)
+            return self._text(f"{self.start}{body}{self.end}")
         self.calls.extend(calls)
         return list(calls)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -74,7 +75,8 @@ def build_checkpoint(spec: CheckpointSpec, out_dir: str | os.PathLike[str]) -> P
 
 def reference_model(path: str | os.PathLike[str]) -> tuple[nn.Module, TokenizerWrapper]:
     """The unmodified mlx-lm model and tokenizer of a checkpoint: `mlx_lm.load(str(path))`."""
-    return mlx_lm.load(str(path))
+    model, tokenizer, *_ = mlx_lm.load(str(path))
+    return model, tokenizer
 
 
 def _cast(model: nn.Module, dtype: mx.Dtype) -> None:
@@ -100,6 +102,7 @@ def _write_shards(
         weight_map.update(dict.fromkeys(shard, file))
 
     total_size = sum(w.nbytes for shard in shards for w in shard.values())
+    index: dict[str, Any]
     if hf_form:
         index = {
             "metadata": {"total_size": total_size},
@@ -107,7 +110,7 @@ def _write_shards(
         }
         text = json.dumps(index, indent=2, sort_keys=True) + "\n"
     else:
-        metadata = {"total_size": total_size, "total_parameters": total_parameters}
-        index = {"metadata": metadata, "weight_map": dict(sorted(weight_map.items()))}
+        sizes = {"total_size": total_size, "total_parameters": total_parameters}
+        index = {"metadata": sizes, "weight_map": dict(sorted(weight_map.items()))}
         text = json.dumps(index, indent=4)
     (model_dir / "model.safetensors.index.json").write_text(text, encoding="utf-8")

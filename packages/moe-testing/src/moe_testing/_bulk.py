@@ -21,6 +21,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -122,9 +123,10 @@ def _write(spec: BulkSpec, out: Path) -> dict:
     # mlx_lm.convert's own step (8-bit routers), lazily: experts are never computed.
     with contextlib.redirect_stdout(io.StringIO()):
         model, config = quantize_model(model, config, 64, 4, mode="affine")
-    params = tree_flatten(model.parameters())
+    # mlx types tree_flatten's result as a list or a dict; with no destination it is the list.
+    params = cast("list[tuple[str, Any]]", tree_flatten(model.parameters()))
 
-    shards: list[list[tuple[str, object]]] = [[]]
+    shards: list[list[tuple[str, Any]]] = [[]]
     size = 0
     for name, arr in params:
         if size + arr.nbytes > spec.shard_bytes and shards[-1]:
@@ -153,7 +155,8 @@ def _is_expert(name: str) -> bool:
 def _write_shard(path: Path, params, pool: np.ndarray, rng: np.random.Generator) -> int:
     import mlx.core as mx
 
-    header, offset = {}, 0
+    header: dict[str, dict[str, Any]] = {}
+    offset = 0
     for name, arr in params:
         dtype = _ST[str(arr.dtype).rsplit(".", 1)[-1]]
         header[name] = {"dtype": dtype, "shape": list(arr.shape),

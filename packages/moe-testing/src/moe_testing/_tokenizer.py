@@ -187,7 +187,10 @@ def tokenizer_json() -> str:
 
 @functools.cache
 def token_id(token: str) -> int:
-    return Tokenizer.from_str(tokenizer_json()).token_to_id(token)
+    found = Tokenizer.from_str(tokenizer_json()).token_to_id(token)
+    if found is None:
+        raise KeyError(f"{token!r} is not a token of the test tokenizer")
+    return found
 
 
 def _tokenizer_config() -> dict:

@@ -8,6 +8,7 @@ random generator or device.
 from __future__ import annotations
 
 import zlib
+from typing import cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -59,7 +60,7 @@ def _draw(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
 def init_weights(model: nn.Module, *, seed: int) -> None:
     weights = [
         (name, mx.array(_draw(name, tuple(p.shape), seed)))
-        for name, p in tree_flatten(model.parameters())
+        for name, p in cast("list[tuple[str, mx.array]]", tree_flatten(model.parameters()))
     ]
     model.load_weights(weights, strict=True)
 
@@ -136,7 +137,7 @@ class _NumpyExperts:
         for e in np.unique(inds):
             n, j = np.nonzero(inds == e)
             gate, up = _matmul_t(xs[n], wg[e]), _matmul_t(xs[n], wu[e])  # [n_e, I]
-            if bg is not None:
+            if bg is not None and bu is not None:
                 gate, up = gate + bg[e], up + bu[e]
             h = np.array(self._activation(mx.array(up), mx.array(gate)))
             out[n, j] = _matmul_t(h, wd[e]) + (bd[e] if bd is not None else 0)

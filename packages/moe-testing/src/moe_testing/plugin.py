@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -35,7 +35,7 @@ def moe_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
     built: dict[CheckpointSpec, Path] = {}
 
     def checkpoint(
-        family: str, layout: str = "stacked", precision: str = "q4", **overrides: object
+        family: str, layout: str = "stacked", precision: str = "q4", **overrides: Any
     ) -> Path:
         spec = CheckpointSpec(family, layout, precision, **overrides)
         if spec not in built:
@@ -54,7 +54,7 @@ def moe_hosts(tmp_path: Path) -> Iterator[Callable[..., Hosts]]:
 
     made: list[Hosts] = []
 
-    def hosts(n: int, **kwargs: object) -> Hosts:
+    def hosts(n: int, **kwargs: Any) -> Hosts:
         reason = unavailable()
         if reason is not None:
             pytest.skip(f"multi-host test needs network namespaces: {reason}")
