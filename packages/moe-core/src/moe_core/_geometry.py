@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
 from ._checkpoint import (
     _LINEAR_TYPES,
@@ -15,6 +14,7 @@ from ._checkpoint import (
     bank_params,
     checkpoint_fingerprint,
     find_banks,
+    flat_parameters,
     map_checkpoint,
 )
 from ._safetensors import read_tensor_table
@@ -55,7 +55,7 @@ def describe(model: nn.Module, model_path: str | Path) -> Geometry:
     banks = find_banks(model)
     maps = map_checkpoint(path, banks, table)
     expert_ids = {id(a) for _, bank in banks for a in bank_params("", bank).values()}
-    dense = sum(a.nbytes for _, a in tree_flatten(model.parameters()) if id(a) not in expert_ids)
+    dense = sum(a.nbytes for _, a in flat_parameters(model) if id(a) not in expert_ids)
     args = getattr(model, "args", None)
     vocab = getattr(args, "vocab_size", 0)
     return Geometry(
@@ -114,8 +114,7 @@ def _top_k(model: nn.Module, path: str) -> int | None:
 
 
 def _state_bytes(args) -> int:
-    dims = [getattr(args, n, None) for n in _LINEAR_STATE]
-    if not all(isinstance(d, int) for d in dims):
+    heads, key, value = (getattr(args, n, None) for n in _LINEAR_STATE)
+    if not (isinstance(heads, int) and isinstance(key, int) and isinstance(value, int)):
         return 0
-    heads, key, value = dims
     return heads * key * value * 4

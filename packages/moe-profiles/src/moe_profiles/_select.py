@@ -78,7 +78,7 @@ class Selection:
     best: Choice  # the best on the fitted part
     accepted: bool
     rows: tuple[Scored, ...] = field(default=())
-    fractions: tuple[float, ...] = FRACTIONS
+    fractions: tuple[float | Sequence[int], ...] = FRACTIONS  # shares, or slots per layer
     held_out_share: float = 1 / 3
 
     def row(self, choice: Choice) -> Scored:
