@@ -43,6 +43,8 @@ def fake_machine(root, *, version: int, limit: int, available: int = 20 * GB, rs
 
 
 def open_session(path, backend, tmp_path, **kw):
+    # No snapshots kept besides the live cache: the reserve is the KV cache's alone.
+    kw.setdefault("prompt_cache_memory", 0)
     return Session(path, backend=backend, cache_dir=tmp_path / "cache", warm_start=False, **kw)
 
 

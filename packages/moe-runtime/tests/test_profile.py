@@ -176,7 +176,7 @@ def test_profile_capacities_under_a_memory_budget(ref, real_profile, tmp_path, s
     import moe_core
 
     path, file, profile = real_profile
-    kw = dict(warm_start=False, cache_dir=tmp_path, backend=steady_backend)
+    kw = dict(warm_start=False, cache_dir=tmp_path, backend=steady_backend, prompt_cache_memory=0)
     with Session(path, capacity=6, **kw) as probe:
         b = probe.handle.plan
         fixed = b.base_bytes + b.dense_bytes + b.scratch_bytes + b.reserve_bytes

@@ -21,7 +21,8 @@ from ._load import ModelLoadError, load_checked
 from ._oneshot import generate, stream_generate
 from ._pipeline import Stage, pipeline, plan_split
 from ._resolve import ModelNotFoundError, resolve_model
-from ._session import Session
+from ._session import Response, Session
+from ._snapshots import PromptCacheWarning
 from ._stops import StopText
 from ._verify import FileCheck, verify
 from ._warm import WarmStartWarning, default_cache_dir
@@ -35,6 +36,8 @@ __all__ = [
     "Leader",
     "ModelLoadError",
     "ModelNotFoundError",
+    "PromptCacheWarning",
+    "Response",
     "Session",
     "Stage",
     "StopText",

@@ -3,29 +3,29 @@
 A new prompt that extends what the cache holds only prefills its new tokens. Attention caches are
 trimmed back to the common prefix. Caches that cannot be trimmed (Qwen3-Next's linear-attention
 `ArraysCache`, a `RotatingKVCache` past its window) are resumed only from a state that holds
-exactly a prefix of the new prompt: the live cache, or a copy taken at the end of the last
-prompt's prefill. Anything else is recomputed from scratch, never run over stale state.
+exactly a prefix of the new prompt: the live cache, or a snapshot taken at the last message
+boundary of a prompt (else at the end of its prefill). Anything else is recomputed from scratch,
+never run over stale state.
+
+Snapshots live in a `SnapshotStore` (`_snapshots.py`): several conversations in memory within a
+byte budget, and on disk for the next start. The live cache's state goes there before it is
+replaced or mostly trimmed away, so a conversation interleaved with another keeps its prefix.
 
 On a model split across ranks every rank holds the cache of its own layers, and all must feed
-the same tokens: `agree` makes each choice (trim or not, snapshot or not) the same everywhere.
+the same tokens: `agree` makes each choice (trim or not, snapshot or not) the same everywhere,
+and the store there keeps one snapshot by count, not bytes, and nothing on disk.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.generate import generation_stream
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 
-
-@dataclass(slots=True)
-class Snapshot:
-    tokens: list[int]
-    cache: list
+from ._snapshots import SnapshotStore, _common_prefix
 
 
 class PromptCache:
@@ -38,41 +38,60 @@ class PromptCache:
         enabled: bool,
         prefill_step_size: int = 2048,
         agree: Callable[[bool], bool] = bool,
+        store: SnapshotStore | None = None,
     ) -> None:
         self.model = model
         self.agree = agree  # True where every rank says True (a collective on a split model)
         self.enabled = enabled
         self.prefill_step_size = prefill_step_size
+        # Without a store of its own (a split model): the last prompt's snapshot and no other.
+        self.store = store or SnapshotStore(memory_bytes=1 << 62, max_entries=1)
+        self.keep_replaced = store is not None
+        self.trimmable = can_trim_prompt_cache(make_prompt_cache(model))  # this rank's layers
         self.cache: list | None = None
         self.tokens: list[int] = []
-        self.snapshot: Snapshot | None = None
-        self.counts = {"trimmed": 0, "restored": 0, "recomputed": 0}
+        self._taken: list[int] | None = None  # this prompt's snapshot, written at commit
+        self.counts = {"trimmed": 0, "restored": 0, "loaded": 0, "recomputed": 0}
 
     def prepare(self, prompt: list[int]) -> int:
         """Make the cache hold a prefix of `prompt` (never all of it: mlx-lm needs one token to
         feed); return how many tokens it holds."""
-        if not self.enabled or self.cache is None:
-            return self.reset()
+        self._taken = None
+        return self._prepare(prompt) if self.enabled else self.reset()
+
+    def _prepare(self, prompt: list[int]) -> int:
         # The last prompt token is always fed again, so reuse stops one short of the prompt.
-        limit = min(_common_prefix(self.tokens, prompt), len(prompt) - 1)
-        if limit == len(self.tokens):
-            return limit
-        if self.agree(can_trim_prompt_cache(self.cache)):
-            excess = len(self.tokens) - limit
+        limit = len(prompt) - 1
+        live, trim = 0, False
+        if self.cache is not None:
+            common = min(_common_prefix(self.tokens, prompt), limit)
+            if common == len(self.tokens):
+                live = common
+            elif self.agree(can_trim_prompt_cache(self.cache)):
+                live, trim = common, True
+        found = self.store.best(prompt, limit)
+        if self.agree(found is not None and found.usable > live):
+            assert found is not None
+            cache = self.store.take(found)
+            if self.agree(cache is not None):
+                self._retire()
+                self.cache, self.tokens = cache, list(prompt[: found.usable])
+                self.counts["restored" if found.tier == "memory" else "loaded"] += 1
+                return found.usable
+        if self.cache is None:
+            return self.reset()
+        if not trim:
+            if live == len(self.tokens):
+                return live
+        else:
+            if self.keep_replaced and 2 * live < len(self.tokens):  # most goes: keep it
+                self.store.put(self.tokens, self.cache, trimmable=True, owned=False)
+            excess = len(self.tokens) - live
             if self.agree(trim_prompt_cache(self.cache, excess) == excess):
-                del self.tokens[limit:]
+                del self.tokens[live:]
                 self.counts["trimmed"] += 1
-                return limit
-        snapshot = self.snapshot
-        if (
-            snapshot is not None
-            and len(snapshot.tokens) <= limit
-            and prompt[: len(snapshot.tokens)] == snapshot.tokens
-        ):
-            self.cache = _copy(snapshot.cache)
-            self.tokens = list(snapshot.tokens)
-            self.counts["restored"] += 1
-            return len(self.tokens)
+                return live
+        self._retire()
         self.counts["recomputed"] += 1
         return self.reset()
 
@@ -81,12 +100,30 @@ class PromptCache:
         prompt: list[int],
         quantize: Callable[[list], None],
         cancelled: Callable[[], bool] | None = None,
+        *,
+        boundary: int | None = None,
     ) -> bool:
         """Feed `prompt` up to its last token, in chunks as mlx-lm's `generate_step` does.
 
-        `cancelled` is asked before each chunk; when it says so, stop and return False. The
-        cache then holds the chunks fed so far, a prefix of `prompt` the next request reuses."""
-        rest = prompt[len(self.tokens) : -1]
+        A cache that cannot be trimmed is snapshotted after `boundary` tokens (the end of the
+        prompt's last message), or at the end when there is none. `cancelled` is asked before
+        each chunk; when it says so, stop and return False. The cache then holds the chunks fed
+        so far, a prefix of `prompt` the next request reuses."""
+        end = len(prompt) - 1
+        snapshot = None
+        if self.enabled and not self.agree(can_trim_prompt_cache(self.cache)):
+            snapshot = end
+            if boundary is not None and len(self.tokens) < boundary < end:
+                snapshot = boundary
+        for stop in sorted({snapshot, end} - {None}):
+            if not self._feed(prompt[len(self.tokens) : stop], quantize, cancelled):
+                return False
+            if stop == snapshot and self.tokens and tuple(self.tokens) not in self.store.memory:
+                self.store.put(self.tokens, self.cache, trimmable=False, owned=False)
+                self._taken = list(self.tokens)
+        return True
+
+    def _feed(self, rest: list[int], quantize, cancelled) -> bool:
         step = self.prefill_step_size
         with mx.stream(generation_stream):
             for start in range(0, len(rest), step):
@@ -98,17 +135,23 @@ class PromptCache:
                 mx.eval([c.state for c in self.cache])
                 self.tokens.extend(chunk)
                 mx.clear_cache()
-        fresh = self.snapshot is None or self.snapshot.tokens != self.tokens
-        if self.enabled and fresh and not self.agree(can_trim_prompt_cache(self.cache)):
-            self.snapshot = Snapshot(list(self.tokens), _copy(self.cache))
         return True
 
     def commit(self, tokens: list[int]) -> None:
-        """The cache has now also seen the generated tokens: `tokens` is everything it holds."""
-        if self.enabled:
-            self.tokens = tokens
-        else:
+        """The cache has now also seen the generated tokens: `tokens` is everything it holds.
+        With a disk tier, that state (and this prompt's snapshot) is written for the next start."""
+        if not self.enabled:
             self.reset()
+            return
+        self.tokens = tokens
+        if self.store.disk is None:
+            return
+        taken = self.store.memory.get(tuple(self._taken)) if self._taken else None
+        if taken is not None:
+            self.store.persist(taken.tokens, taken.cache, trimmable=False)
+        trimmable = can_trim_prompt_cache(self.cache)
+        self.store.persist(self.tokens, self.cache, trimmable=trimmable)
+        self._taken = None
 
     def detach(self) -> list:
         """Hand the cache (holding `tokens`) to a batch that decodes into it; the next prompt
@@ -127,20 +170,14 @@ class PromptCache:
         self.tokens = []
         return 0
 
+    def _retire(self) -> None:
+        """The live cache is about to be replaced: its state goes to the store, for its
+        conversation's next turn."""
+        if self.keep_replaced and self.cache is not None and self.tokens:
+            trimmable = self.agree(can_trim_prompt_cache(self.cache))
+            self.store.put(self.tokens, self.cache, trimmable=trimmable, owned=True)
+        self.cache, self.tokens = None, []
+
     def clear(self) -> None:
-        self.cache, self.tokens, self.snapshot = None, [], None
-
-
-def _copy(cache: list) -> list:
-    """A copy whose arrays are new: mlx-lm's caches write into their arrays in place."""
-    copied = copy.deepcopy(cache)
-    mx.eval([c.state for c in copied])
-    return copied
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+        self.cache, self.tokens, self._taken = None, [], None
+        self.store.memory.clear()

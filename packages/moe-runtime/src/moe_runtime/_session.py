@@ -22,8 +22,9 @@ from ._kv import plan_context
 from ._load import load_checked
 from ._prefix import PromptCache
 from ._resolve import resolve_model
+from ._snapshots import DISK_DEFAULT, default_memory, open_store
 from ._stops import StopText
-from ._template import encode_messages
+from ._template import encode_messages, message_boundary
 from ._warm import (
     UsageCounter,
     WarmState,
@@ -58,6 +59,12 @@ class Session:
     plans from its own `memory`, caches and reads only its own layers' experts. Every rank
     must then make the same calls in the same order; rank 0's output is the model's, and every
     rank samples the same tokens. End with a barrier before a rank exits (as mlx-lm does).
+
+    Prompt caches (`prefix_cache`): besides the live one, snapshots of other conversations are
+    kept in `prompt_cache_memory` bytes (default: a sixteenth of the budget, at most four full
+    contexts; the plan counts
+    them) and, with `prompt_cache_dir`, on disk within `prompt_cache_disk` bytes, so a
+    conversation's next turn prefills only its new tokens, also after a restart.
     """
 
     def __init__(
@@ -77,6 +84,9 @@ class Session:
         backend: moe_core.Backend | None = None,
         group: mx.distributed.Group | None = None,
         split: list[int] | None = None,
+        prompt_cache_memory: int | str | None = None,
+        prompt_cache_dir: str | Path | None = None,
+        prompt_cache_disk: int | str = DISK_DEFAULT,
     ) -> None:
         self.model_id, self.model_path = resolve_model(model)
         self.model, self.tokenizer, config = load_checked(self.model_path)
@@ -99,11 +109,20 @@ class Session:
             kv_bits=kv_bits,
             memory=memory or backend.available_memory(),
         )
+        # Snapshots of other conversations: a split model keeps only its last one (every rank
+        # must choose alike, and their budgets differ), within the KV reserve as before.
+        snapshots = 0
+        if prefix_cache and self.stage is None:
+            snapshots = (
+                moe_core.parse_size(prompt_cache_memory)
+                if prompt_cache_memory is not None
+                else default_memory(memory or backend.available_memory(), self.kv.reserve_bytes)
+            )
         plan = moe_core.plan_budget(
             self.geometry,
             capacity=capacity,
             memory=memory,
-            reserve=self.kv.reserve_bytes,
+            reserve=self.kv.reserve_bytes + snapshots,
             backend=backend,
             # the lossy `lowbit` mode's copies come out of the same budget
             lowbit_bits=moe_core.LOWBIT_BITS if miss == "lowbit" else 0,
@@ -169,7 +188,18 @@ class Session:
             from ._pipeline import agreement
 
             agree = agreement(group)
-        self._cache = PromptCache(self.model, enabled=prefix_cache, agree=agree)
+        store = None
+        if prefix_cache and self.stage is None:
+            store = open_store(
+                self.model,
+                self.fingerprint,
+                memory_bytes=snapshots,
+                directory=prompt_cache_dir,
+                disk_bytes=moe_core.parse_size(prompt_cache_disk),
+                kv=self.kv,
+                miss=miss,
+            )
+        self._cache = PromptCache(self.model, enabled=prefix_cache, agree=agree, store=store)
         self._active: Iterator | None = None
         self._closed = False
         self._counters = dict(
@@ -295,7 +325,10 @@ class Session:
             self._active.close()
         if seed is not None:
             mx.random.seed(seed)
-        self._active = self._run(tokens, max_tokens, sampler, processors, stops, cancelled)
+        boundary = self._boundary(prompt, tokens, tools, chat_template_kwargs)
+        self._active = self._run(
+            tokens, max_tokens, sampler, processors, stops, cancelled, boundary
+        )
         return self._active
 
     def _request(
@@ -335,12 +368,22 @@ class Session:
         ) + list(logits_processors or ())
         return tokens, max_tokens, sampler, processors
 
+    def _boundary(self, prompt, tokens, tools=None, chat_template_kwargs=None) -> int | None:
+        """Where a chat prompt's last message ends, for a cache that cannot be trimmed to be
+        snapshotted there (on a split model some ranks' can: every rank finds the boundary)."""
+        trims = self.stage is None and self._cache.trimmable
+        if not self._cache.enabled or trims or not _is_chat(prompt):
+            return None
+        return message_boundary(
+            self.tokenizer, prompt, tools, tokens, **(chat_template_kwargs or {})
+        )
+
     def generate(self, prompt: Prompt, **kwargs) -> str:
         """The generated text (stop strings excluded); takes the same arguments as `stream`."""
         return "".join(r.text for r in self.stream(prompt, **kwargs))
 
     def _run(
-        self, tokens, max_tokens, sampler, processors, stops, cancelled=None
+        self, tokens, max_tokens, sampler, processors, stops, cancelled=None, boundary=None
     ) -> Iterator[GenerationResponse]:
         tic = time.perf_counter()
         cache = self._cache
@@ -354,7 +397,7 @@ class Session:
                 kv_group_size=self.kv.group_size,
                 kv_bits=self.kv.kv_bits,
             )
-            if not cache.prefill(tokens, quantize, cancelled):
+            if not cache.prefill(tokens, quantize, cancelled, boundary=boundary):
                 partial = True  # the cache holds the chunks fed so far, a prefix of `tokens`
                 self._counters["cancelled"] += 1
                 return
@@ -384,13 +427,14 @@ class Session:
                     finish = "stop" if stopped else r.finish_reason
                     if finish is not None and not stopped:
                         text += stops.flush()
-                    yield dataclasses.replace(
-                        r,
+                    fields = {f.name: getattr(r, f.name) for f in _FIELDS}
+                    fields.update(
                         text=text,
                         finish_reason=finish,
                         prompt_tokens=len(tokens),
                         prompt_tps=(len(tokens) - reused) / ttft,
                     )
+                    yield Response(**fields, cached_tokens=reused)
                     if finish is not None:
                         break
                 clean = True
@@ -432,6 +476,7 @@ class Session:
             "model": self.model_id,
             "cached_tokens": len(self._cache.tokens),
             "prefix_cache": dict(self._cache.counts),
+            "prompt_cache": self._cache.store.stats(),
             "process_memory": self.handle.backend.process_memory(),
             "warm_start": dict(self._warm),
         }
@@ -484,6 +529,20 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclasses.dataclass
+class Response(GenerationResponse):
+    """mlx-lm's `GenerationResponse` and how many prompt tokens came from a prompt cache."""
+
+    cached_tokens: int = 0
+
+
+_FIELDS = dataclasses.fields(GenerationResponse)
+
+
+def _is_chat(prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
 
 
 def _with_history(processors, history: list[int]):

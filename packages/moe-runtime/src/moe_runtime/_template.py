@@ -18,28 +18,55 @@ from typing import Any
 
 
 def encode_messages(
-    tokenizer: Any, messages: list[dict], tools: list[dict] | None = None, **template_kwargs: Any
+    tokenizer: Any,
+    messages: list[dict],
+    tools: list[dict] | None = None,
+    *,
+    add_generation_prompt: bool = True,
+    **template_kwargs: Any,
 ) -> list[int]:
     """Token ids of `messages` (and `tools`) rendered by `tokenizer`'s chat template, with a
-    generation prompt; `template_kwargs` reach the template (e.g. `enable_thinking`)."""
+    generation prompt unless told otherwise; `template_kwargs` reach the template (e.g.
+    `enable_thinking`)."""
+    template_kwargs["add_generation_prompt"] = add_generation_prompt
     if tools:
         template_kwargs["tools"] = tools
     specials = _special_tokens(tokenizer)
     if not specials:
-        return list(
-            tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)
-        )
+        return list(tokenizer.apply_chat_template(messages, **template_kwargs))
     pattern = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
     escape = _Escape(pattern)
     messages = escape(messages)
     if "tools" in template_kwargs:
         template_kwargs["tools"] = escape(template_kwargs["tools"])
-    text = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=False, **template_kwargs
-    )
+    text = tokenizer.apply_chat_template(messages, tokenize=False, **template_kwargs)
     if not escape.found:
         return list(tokenizer.encode(text, add_special_tokens=False))
     return _encode_split(tokenizer, text, pattern, specials, escape.found)
+
+
+def message_boundary(
+    tokenizer: Any,
+    messages: list[dict],
+    tools: list[dict] | None,
+    tokens: list[int],
+    **template_kwargs: Any,
+) -> int | None:
+    """How many of `tokens` (the rendered prompt) end with its last message, before the
+    generation prompt: where the next turn's prompt, which renders the same messages first,
+    still agrees with this one. None when the template cannot tell."""
+    try:
+        head = encode_messages(
+            tokenizer, messages, tools, add_generation_prompt=False, **template_kwargs
+        )
+    except Exception:  # a template that needs its generation prompt: no boundary
+        return None
+    n = 0
+    for a, b in zip(head, tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n or None
 
 
 class _Escape:
