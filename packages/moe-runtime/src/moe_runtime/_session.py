@@ -22,7 +22,7 @@ from ._kv import plan_context
 from ._load import load_checked
 from ._prefix import PromptCache
 from ._resolve import resolve_model
-from ._snapshots import DISK_DEFAULT, default_memory, open_store
+from ._snapshots import DISK_DEFAULT, default_memory, open_store, parse_limit
 from ._stops import StopText
 from ._template import encode_messages, message_boundary
 from ._warm import (
@@ -114,7 +114,7 @@ class Session:
         snapshots = 0
         if prefix_cache and self.stage is None:
             snapshots = (
-                moe_core.parse_size(prompt_cache_memory)
+                parse_limit(prompt_cache_memory, "prompt_cache_memory")
                 if prompt_cache_memory is not None
                 else default_memory(memory or backend.available_memory(), self.kv.reserve_bytes)
             )
@@ -195,7 +195,7 @@ class Session:
                 self.fingerprint,
                 memory_bytes=snapshots,
                 directory=prompt_cache_dir,
-                disk_bytes=moe_core.parse_size(prompt_cache_disk),
+                disk_bytes=parse_limit(prompt_cache_disk, "prompt_cache_disk"),
                 kv=self.kv,
                 miss=miss,
             )

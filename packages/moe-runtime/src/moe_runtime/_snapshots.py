@@ -88,6 +88,16 @@ def make_key(fingerprint: str, *, kv_bits, kv_group_size: int, miss: str, layers
     }
 
 
+def parse_limit(value: int | str, name: str) -> int:
+    """Bytes from a size (`8GB`), where 0 (or "0", "off") turns the tier off."""
+    if isinstance(value, str) and value.strip().lower() in ("0", "off", "none"):
+        return 0
+    n = moe_core.parse_size(value)
+    if n < 0:
+        raise ValueError(f"{name} must be 0 or more bytes, got {value!r}")
+    return n
+
+
 def default_memory(budget: int, context_bytes: int) -> int:
     """Bytes of snapshots kept in memory unless told otherwise."""
     return int(min(budget * MEMORY_SHARE, MEMORY_CONTEXTS * context_bytes))
