@@ -18,6 +18,11 @@ def client(server):
     return anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
 
 
+def prompt_tokens(usage) -> int:
+    """The whole prompt: Anthropic counts what came from the prompt cache apart."""
+    return usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+
+
 def test_message_reports_text_stop_reason_and_usage(client, provider, reference):
     reply = client.messages.create(
         model="claude-test-model", max_tokens=8, messages=USER, system="Be brief."
@@ -26,7 +31,7 @@ def test_message_reports_text_stop_reason_and_usage(client, provider, reference)
     assert reply.stop_reason == "max_tokens" and reply.stop_sequence is None
     assert reply.content[0].type == "text" and reply.content[0].text
     ids = provider.encode_prompt([{"role": "system", "content": "Be brief."}, *USER])
-    assert reply.usage.input_tokens == len(ids)
+    assert prompt_tokens(reply.usage) == len(ids)
     assert reply.usage.output_tokens == 8
     model, tokenizer = reference
     assert reply.content[0].text == mlx_lm.generate(model, tokenizer, ids, max_tokens=8)
@@ -41,7 +46,7 @@ def test_system_blocks_and_content_blocks_equal_plain_strings(client):
         messages=[{"role": "user", "content": [{"type": "text", "text": "Say hello."}]}],
     )
     assert blocks.content[0].text == plain.content[0].text
-    assert blocks.usage.input_tokens == plain.usage.input_tokens
+    assert prompt_tokens(blocks.usage) == prompt_tokens(plain.usage)
 
 
 def test_stream_sends_the_full_event_sequence(server, client):
@@ -246,7 +251,7 @@ def test_count_tokens_counts_tools_and_system_like_messages(client, provider, se
     reply = client.messages.create(
         model="m", max_tokens=1, messages=messages, tools=tools, system="Be brief."
     )
-    assert reply.usage.input_tokens == counted
+    assert prompt_tokens(reply.usage) == counted
 
 
 def test_models_in_anthropic_shape(client, provider, server):

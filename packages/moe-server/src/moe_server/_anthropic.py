@@ -279,12 +279,18 @@ async def messages(request: Request) -> Response:
             "content": content,
             "stop_reason": STOP_REASON[finish.reason],
             "stop_sequence": finish.stop_sequence,
-            "usage": {
-                "input_tokens": finish.prompt_tokens,
-                "output_tokens": finish.completion_tokens,
-            },
+            "usage": {**_input_usage(finish), "output_tokens": finish.completion_tokens},
         }
     )
+
+
+def _input_usage(finish: Finish) -> dict:
+    """Anthropic counts the prompt in parts: read from the cache, and the rest."""
+    return {
+        "input_tokens": finish.prompt_tokens - finish.cached_tokens,
+        "cache_read_input_tokens": finish.cached_tokens,
+        "cache_creation_input_tokens": 0,
+    }
 
 
 def _sse(event: str, data: dict) -> str:
@@ -369,7 +375,8 @@ async def _stream(engine: Engine, job, message: dict):
                         "stop_reason": STOP_REASON[event.reason],
                         "stop_sequence": event.stop_sequence,
                     },
-                    "usage": {"output_tokens": event.completion_tokens},
+                    # What the prompt cache held is known once the prompt has run: here.
+                    "usage": {**_input_usage(event), "output_tokens": event.completion_tokens},
                 },
             )
             yield _sse("message_stop", {})

@@ -12,8 +12,9 @@ class Provider(Protocol):
 
     Only the worker thread calls `stream` and `stats`, one call at a time, so a provider need
     not be thread-safe. `stream` yields mlx-lm `GenerationResponse`-like objects (`.text`,
-    `.prompt_tokens`, `.generation_tokens`, `.generation_tps`, `.finish_reason`) and stops
-    generating when the server closes the iterator. The server also passes `cancelled`, a
+    `.prompt_tokens`, `.generation_tokens`, `.generation_tps`, `.finish_reason`, and where a
+    prompt cache held part of the prompt `.cached_tokens`, reported in each API's usage) and
+    stops generating when the server closes the iterator. The server also passes `cancelled`, a
     function a provider may ask during a long prefill (it returns True once the client has gone;
     the iterator may then end without a token). A provider with a `max_context` attribute
     (tokens, prompt and answer together) has prompts that leave no room refused up front.

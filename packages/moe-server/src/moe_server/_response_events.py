@@ -173,7 +173,7 @@ class Run:
         response = self.response
         response["usage"] = {
             "input_tokens": finish.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": finish.cached_tokens},
             "output_tokens": finish.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": finish.prompt_tokens + finish.completion_tokens,

@@ -55,6 +55,7 @@ class Finish:
     completion_tokens: int
     ttft_s: float | None
     generation_tps: float
+    cached_tokens: int = 0  # of prompt_tokens, those a prompt cache held (none prefilled)
 
 
 @dataclass(slots=True)
@@ -280,6 +281,7 @@ class Worker:
                 completion_tokens=getattr(last, "generation_tokens", 0) if last else 0,
                 ttft_s=(first_token_at - job.submitted) if first_token_at else None,
                 generation_tps=float(getattr(last, "generation_tps", 0.0) or 0.0),
+                cached_tokens=int(getattr(last, "cached_tokens", 0) or 0) if last else 0,
             )
         )
         return finish_reason
