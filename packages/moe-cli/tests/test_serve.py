@@ -94,3 +94,8 @@ def test_exposed_address_needs_an_api_key(checkpoint):
 
 def test_memory_too_small(checkpoint):
     assert "too small" in one_line_failure(checkpoint, "--memory", "1MB", "--port", free_port())
+
+
+def test_prompt_cache_size_must_be_a_size(checkpoint):
+    line = one_line_failure(checkpoint, "--prompt-cache-size", "lots", "--port", free_port())
+    assert "not a memory size" in line and "lots" in line

@@ -148,3 +148,37 @@ def test_max_context_and_queue_options(serve, checkpoint):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "context: 2000 tokens (max_context given" in stderr
+
+
+def test_prompt_caches_outlive_a_restart(serve, checkpoint):
+    """Turn 1, SIGTERM, a new `moe serve` on the same prompt-cache directory: turn 2's usage
+    says the conversation so far came from the cache (the default directory under the cache
+    home); then `--prompt-cache-size 0` keeps nothing on disk."""
+    from openai import OpenAI
+
+    def chat(url, messages):
+        client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        return client.chat.completions.create(model="m", messages=messages, max_tokens=6)
+
+    proc, url, cache = serve()
+    first = chat(url, CHAT)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert f"in {cache / 'moe' / 'prompts'}" in stderr  # the announced prompt-cache directory
+    assert list((cache / "moe" / "prompts").glob("*/*.safetensors"))
+
+    turn2 = [*CHAT, {"role": "assistant", "content": first.choices[0].message.content}]
+    turn2.append({"role": "user", "content": "and then?"})
+    proc, url, _ = serve()
+    second = chat(url, turn2)
+    assert 0 < second.usage.prompt_tokens_details.cached_tokens < second.usage.prompt_tokens
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+
+    proc, url, _ = serve("--prompt-cache-size", "0", "--prompt-cache-dir", cache / "elsewhere")
+    chat(url, CHAT)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "in memory" in stderr
+    assert not (cache / "elsewhere").exists()

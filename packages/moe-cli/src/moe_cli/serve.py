@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -96,6 +97,31 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    prompt_cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompt-cache-dir",
+            help="Where prompt caches are kept across restarts (default: ~/.cache/moe/prompts).",
+            show_default=False,
+        ),
+    ] = None,
+    prompt_cache_size: Annotated[
+        str,
+        typer.Option(
+            "--prompt-cache-size",
+            help="Size limit of that directory, least recently used files deleted first; 0: "
+            "keep prompt caches in memory only.",
+        ),
+    ] = "8GB",
+    prompt_cache_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt-cache-memory",
+            help="Memory for prompt caches of other conversations, taken from the budget "
+            "(default: a sixteenth of it, at most four full contexts); 0: only the last one.",
+            show_default=False,
+        ),
+    ] = None,
     distributed: DistributedOpt = False,
     split: SplitOpt = None,
     rank_timeout: RankTimeoutOpt = 10.0,
@@ -122,6 +148,7 @@ def serve(
         )
     with user_errors():
         import moe_server
+        from moe_runtime import default_cache_dir
 
         moe_server.check_bind(host, api_key)
         check_port(host, port)
@@ -134,6 +161,9 @@ def serve(
             miss=miss,
             kv_bits=kv_bits,
             max_context=max_context,
+            prompt_cache_dir=prompt_cache_dir or default_cache_dir() / "prompts",
+            prompt_cache_disk=prompt_cache_size,
+            prompt_cache_memory=prompt_cache_memory,
         )
     with session:
         if disk_mbps is None:
@@ -192,5 +222,10 @@ def announce(session, host: str, port: int, disk_mbps: float | None = None) -> N
     mode = "exact" if handle.miss == "exact" else f"{handle.miss} (LOSSY)"
     err_console.print(f"  mode: {mode}")
     err_console.print(f"  context: {session.max_context} tokens ({session.kv.reason})")
+    cache = session.stats()["session"]["prompt_cache"]
+    kept = f"{human_bytes(cache['memory_limit'])} in memory"
+    if "disk_dir" in cache:
+        kept += f", {human_bytes(cache['disk_limit'])} in {cache['disk_dir']}"
+    err_console.print(f"  prompt caches: {kept}")
     if disk_mbps is not None:
         err_console.print(f"  disk: {disk_mbps:.0f} MB/s reading experts")
