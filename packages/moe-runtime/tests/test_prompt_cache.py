@@ -167,3 +167,28 @@ def test_other_settings_never_share_a_cache(checkpoint, tmp_path):
         out = list(s.stream(TURN1, max_tokens=2))
     assert out[0].cached_tokens == 0
     assert len(list((tmp_path / "prompts").iterdir())) == 2  # a directory per key
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_conversations_decoded_together_each_resume_from_the_cache(
+    ref, checkpoint, family, tmp_path
+):
+    """Two conversations in one batch: each finished request's cache comes back to the session,
+    the one it replaces goes to the snapshots, so both next turns prefill only their new tokens."""
+    path = checkpoint(family)
+    other = [{"role": "user", "content": "tell me about the dog"}]
+    with open_session(path, tmp_path, prompt_cache_dir=None) as s:
+        batch = s.open_batch(2)
+        ids = {batch.add(TURN1, max_tokens=6): 0, batch.add(other, max_tokens=6): 1}
+        answers: dict = {0: [], 1: []}
+        while len(batch):
+            for uid, r in batch.step():
+                answers[ids[uid]].append(r.token)
+        batch.close()
+        _, tokenizer = ref.model(path)
+        for turn, answer in ((TURN1, answers[0]), (other, answers[1])):
+            follow = [*turn, {"role": "assistant", "content": tokenizer.decode(answer)}]
+            follow.append({"role": "user", "content": "and then what happened"})
+            tokens, _, cached = run(s, follow)
+            assert cached >= len(tokenizer.apply_chat_template(turn, add_generation_prompt=False))
+            assert tokens == reference(ref, path, follow)[0]

@@ -102,7 +102,9 @@ class Batch:
             session._active.close()
         cache = session._cache
         reused = cache.prepare(tokens)
-        if not cache.prefill(tokens, lambda _: None, cancelled):
+        template = options.get("chat_template_kwargs")
+        boundary = session._boundary(prompt, tokens, options.get("tools"), template)
+        if not cache.prefill(tokens, lambda _: None, cancelled, boundary=boundary):
             session._counters["cancelled"] += 1
             return None
         counters = session._counters
@@ -170,9 +172,11 @@ class Batch:
             self.session._cache.adopt(cache, list(tokens))
 
     def _response(self, stream: _Stream, r, text: str, finish, now: float) -> GenerationResponse:
+        from ._session import Response
+
         ttft = stream.first - stream.started
         decode = now - stream.first
-        return GenerationResponse(
+        return Response(
             text=text,
             token=r.token,
             logprobs=r.logprobs,
@@ -183,6 +187,7 @@ class Batch:
             generation_tps=stream.generated / decode if decode > 0 else 0.0,
             peak_memory=mx.get_peak_memory() / 1e9,
             finish_reason=finish,
+            cached_tokens=stream.reused,
         )
 
     def close(self) -> None:

@@ -50,13 +50,12 @@ class PromptCache:
         self.trimmable = can_trim_prompt_cache(make_prompt_cache(model))  # this rank's layers
         self.cache: list | None = None
         self.tokens: list[int] = []
-        self._taken: list[int] | None = None  # this prompt's snapshot, written at commit
+        self._taken: list[tuple[int, ...]] = []  # prompts' snapshots, written at the next commit
         self.counts = {"trimmed": 0, "restored": 0, "loaded": 0, "recomputed": 0}
 
     def prepare(self, prompt: list[int]) -> int:
         """Make the cache hold a prefix of `prompt` (never all of it: mlx-lm needs one token to
         feed); return how many tokens it holds."""
-        self._taken = None
         return self._prepare(prompt) if self.enabled else self.reset()
 
     def _prepare(self, prompt: list[int]) -> int:
@@ -120,7 +119,7 @@ class PromptCache:
                 return False
             if stop == snapshot and self.tokens and tuple(self.tokens) not in self.store.memory:
                 self.store.put(self.tokens, self.cache, trimmable=False, owned=False)
-                self._taken = list(self.tokens)
+                self._taken.append(tuple(self.tokens))
         return True
 
     def _feed(self, rest: list[int], quantize, cancelled) -> bool:
@@ -146,12 +145,12 @@ class PromptCache:
         self.tokens = tokens
         if self.store.disk is None:
             return
-        taken = self.store.memory.get(tuple(self._taken)) if self._taken else None
-        if taken is not None:
-            self.store.persist(taken.tokens, taken.cache, trimmable=False)
+        for key in self._taken:  # those still in memory
+            if (taken := self.store.memory.get(key)) is not None:
+                self.store.persist(taken.tokens, taken.cache, trimmable=False)
+        self._taken = []
         trimmable = can_trim_prompt_cache(self.cache)
         self.store.persist(self.tokens, self.cache, trimmable=trimmable)
-        self._taken = None
 
     def detach(self) -> list:
         """Hand the cache (holding `tokens`) to a batch that decodes into it; the next prompt
@@ -161,7 +160,8 @@ class PromptCache:
 
     def adopt(self, cache: list, tokens: list[int]) -> None:
         """A batch is done with a request's cache, which holds `tokens`: it becomes the cache
-        the next prompt is compared with."""
+        the next prompt is compared with; the one it replaces goes to the snapshots."""
+        self._retire()
         self.cache = cache
         self.commit(tokens)
 
@@ -179,5 +179,5 @@ class PromptCache:
         self.cache, self.tokens = None, []
 
     def clear(self) -> None:
-        self.cache, self.tokens, self._taken = None, [], None
+        self.cache, self.tokens, self._taken = None, [], []
         self.store.memory.clear()
