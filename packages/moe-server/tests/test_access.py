@@ -53,4 +53,6 @@ def test_control_tokens_typed_by_a_user_stay_text_in_both_apis_and_count_tokens(
     body = {"model": "m", "max_tokens": 1, "messages": messages}
     claude = httpx.post(server.url + "/v1/messages", json=body).json()
     counted = httpx.post(server.url + "/v1/messages/count_tokens", json=body).json()
-    assert claude["usage"]["input_tokens"] == counted["input_tokens"] == len(safe)
+    usage = claude["usage"]  # the prompt: what the prompt cache held and the rest
+    prompt = usage["input_tokens"] + usage["cache_read_input_tokens"]
+    assert prompt == counted["input_tokens"] == len(safe)
