@@ -126,9 +126,12 @@ def test_hello_describes_the_session(server, provider):
         c * b for c, b in zip(budget.capacity, budget.expert_bytes, strict=True)
     )
     assert parts["weights"] == budget.dense_bytes and parts["scratch"] == budget.scratch_bytes
-    # The KV cache's part is what the session keeps free for it: its size at the full context.
+    # The KV cache's part is what the session keeps free for it: its size at the full context;
+    # the rest of the reserve is the prompt caches of other conversations.
     kv = provider.kv
-    assert parts["KV cache"] == budget.reserve_bytes == kv.reserve_bytes > 0
+    prompts = provider.stats()["session"]["prompt_cache"]["memory_limit"]
+    assert parts["KV cache"] == kv.reserve_bytes > 0 and parts["prompt caches"] == prompts > 0
+    assert parts["KV cache"] + parts["prompt caches"] == budget.reserve_bytes
     assert parts["KV cache"] == kv.bytes_per_token * kv.max_context + kv.fixed_bytes
     assert parts["process"] == budget.base_bytes
     assert hello["budget"]["reason"] == budget.reason

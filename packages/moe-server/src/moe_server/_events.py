@@ -243,6 +243,9 @@ def budget_parts(stats: dict) -> dict | None:
     if not budget:
         return None
     slots = sum(c * b for c, b in zip(budget["capacity"], budget["expert_bytes"], strict=True))
+    # The plan's reserve holds the KV cache and the prompt caches kept for other conversations.
+    reserve = budget.get("reserve_bytes", 0)
+    prompts = ((stats.get("session") or {}).get("prompt_cache") or {}).get("memory_limit", 0)
     return {
         "memory": budget.get("memory"),
         "reason": budget.get("reason"),
@@ -250,7 +253,8 @@ def budget_parts(stats: dict) -> dict | None:
             {"name": "process", "bytes": budget.get("base_bytes", 0)},
             {"name": "weights", "bytes": budget.get("dense_bytes", 0)},
             {"name": "expert slots", "bytes": slots},
-            {"name": "KV cache", "bytes": budget.get("reserve_bytes", 0)},
+            {"name": "KV cache", "bytes": reserve - prompts},
+            {"name": "prompt caches", "bytes": prompts},
             {"name": "scratch", "bytes": budget.get("scratch_bytes", 0)},
         ],
     }

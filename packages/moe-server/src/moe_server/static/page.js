@@ -417,7 +417,7 @@
     $('max-tokens').value = Math.min(Number($('max-tokens').value) || 256, s.max_tokens_default || 256);
   }
 
-  const PART_COLORS = ['#4b5263', '#8a6d3b', '#3b6fd8', '#37c5c9', '#7b5ea8'];
+  const PART_COLORS = ['#4b5263', '#8a6d3b', '#3b6fd8', '#37c5c9', '#2f8f6f', '#7b5ea8'];
   const memoryView = { scale: 1, planned: 0, budget: null, markers: {} };
 
   // The plan's parts, drawn once per connection; the process's use moves over them (showMemory).
