@@ -108,6 +108,7 @@ def test_memory_limit_is_kept_and_counted_by_the_plan(checkpoint, tmp_path):
         assert stats["evicted"] > 0 and stats["memory_entries"] >= 1
     with open_session(path, tmp_path, memory="2GB", prefix_cache=False) as s:
         assert s.handle.plan.reserve_bytes == s.kv.reserve_bytes  # nothing kept, nothing counted
+        assert s.stats()["session"]["prompt_cache"]["memory_limit"] == 0
 
 
 def test_disk_limit_evicts_the_least_recently_used(checkpoint, tmp_path):

@@ -45,7 +45,7 @@ class PromptCache:
         self.enabled = enabled
         self.prefill_step_size = prefill_step_size
         # Without a store of its own (a split model): the last prompt's snapshot and no other.
-        self.store = store or SnapshotStore(memory_bytes=1 << 62, max_entries=1)
+        self.store = store or SnapshotStore(memory_bytes=None, max_entries=1)
         self.keep_replaced = store is not None
         self.trimmable = can_trim_prompt_cache(make_prompt_cache(model))  # this rank's layers
         self.cache: list | None = None

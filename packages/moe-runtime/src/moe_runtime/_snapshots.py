@@ -124,11 +124,16 @@ def open_store(
 
 
 class SnapshotStore:
-    """Snapshots by their tokens: an LRU in memory up to `memory_bytes` (at most `max_entries`),
-    backed by `disk` when given. Only the thread that runs the model may call it."""
+    """Snapshots by their tokens: an LRU in memory up to `memory_bytes` and at most
+    `max_entries`, backed by `disk` when given. `memory_bytes` None is no byte limit and none
+    planned: a split model's single last snapshot. Only the thread running the model calls it."""
 
     def __init__(
-        self, *, memory_bytes: int, disk: DiskTier | None = None, max_entries: int | None = None
+        self,
+        *,
+        memory_bytes: int | None,
+        disk: DiskTier | None = None,
+        max_entries: int | None = None,
     ) -> None:
         self.memory_bytes = memory_bytes
         self.max_entries = max_entries
@@ -176,15 +181,14 @@ class SnapshotStore:
             return
         nbytes = cache_bytes(cache)
         limit = self.max_entries or 1 << 62
-        if nbytes > self.memory_bytes or limit < 1:
+        room = self.memory_bytes if self.memory_bytes is not None else 1 << 62
+        if nbytes > room or limit < 1:
             return
         self.memory.pop(key, None)
         if trimmable:
             for old in [k for k in self.memory if len(k) < len(key) and key[: len(k)] == k]:
                 del self.memory[old]
-        while self.memory and (
-            self.nbytes + nbytes > self.memory_bytes or len(self.memory) >= limit
-        ):
+        while self.memory and (self.nbytes + nbytes > room or len(self.memory) >= limit):
             self.memory.popitem(last=False)
             self.counts["evicted"] += 1
         self.memory[key] = Entry(key, trimmable, nbytes, cache if owned else copy_cache(cache))
@@ -199,7 +203,7 @@ class SnapshotStore:
         out = {
             "memory_entries": len(self.memory),
             "memory_bytes": self.nbytes,
-            "memory_limit": self.memory_bytes,
+            "memory_limit": self.memory_bytes or 0,  # bytes the plan reserves for them
             **self.counts,
         }
         if self.disk is not None:
