@@ -83,3 +83,22 @@ def test_counting_observers_keep_the_sync_free_path(moe_checkpoint):
     assert events.counts == [8 * top_k] * len(handle.capacity)
     assert np.all(np.array(events.evictions) == 0)
     handle.close()
+
+
+def test_stats_without_the_window_replay_nothing(moe_checkpoint):
+    """`stats(window=False)` gives the same counters without replaying Belady over any layer's
+    recent steps (the one costly part, which a caller asking often may not need)."""
+    path = moe_checkpoint("qwen3_moe", "stacked", "q4")
+    model, handle = offloaded(path, capacity=4)
+    greedy(model, prompt(vocab_size(model), 12), 6)
+    recent = [layer.cache.recent for layer in handle.layers]
+    waiting = [r.waiting for r in recent]
+    lean = handle.stats(window=False)
+    assert lean["window"] is None
+    assert [r.waiting for r in recent] == waiting  # nothing was replayed
+    full = handle.stats()
+    assert full["window"] is not None and [r.waiting for r in recent] != waiting
+    assert {k: v for k, v in lean.items() if k != "window"} == {
+        k: v for k, v in full.items() if k != "window"
+    }
+    handle.close()

@@ -25,7 +25,7 @@ class ScriptedProvider:
     def encode_prompt(self, prompt, tools=None, **kwargs) -> list[int]:
         return self.session.encode_prompt(prompt, tools, **kwargs)
 
-    def stats(self) -> dict:
+    def stats(self, *, window: bool = True) -> dict:
         return {"hit_rate": 0.75, "bytes_read": 4096}
 
     def stream(self, prompt, *, max_tokens=256, tools=None, chat_template_kwargs=None, **sampling):

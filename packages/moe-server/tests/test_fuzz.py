@@ -241,8 +241,8 @@ class ShortAnswers:
     def encode_prompt(self, prompt, tools=None, **kwargs):
         return self.session.encode_prompt(prompt, tools, **kwargs)
 
-    def stats(self):
-        return self.session.stats()
+    def stats(self, *, window=True):
+        return self.session.stats(window=window)
 
 
 @pytest.fixture(scope="module")

@@ -237,28 +237,36 @@ def test_the_queue_chart_counts_requests_waiting_behind_the_running_one(serve_ap
 
 
 def test_the_model_is_sampled_on_the_worker_thread_only_and_not_without_a_page(serve_app, provider):
-    class Recording(ScriptedProvider):
-        def stats(self) -> dict:
-            calls.append(threading.current_thread().name)
-            return super().stats()
+    """The page's samples between tokens leave out the costly Belady window
+    (`stats(window=False)`); the ones at start and after each job, which /metrics shows, don't."""
 
-    calls: list[str] = []
+    class Recording(ScriptedProvider):
+        def stats(self, *, window: bool = True) -> dict:
+            calls.append((threading.current_thread().name, window))
+            return {**super().stats(), "window": window}
+
+    calls: list[tuple[str, bool]] = []
     server = serve_app(Recording(provider, delay=0.01))
+    worker = server.app.state.engine.worker
     body = {"model": "m", "max_tokens": 100, "messages": CHAT}
     assert httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
     # No page open: the worker reads the stats at start and after the job, never per token.
     _until(lambda: len(calls) >= 2)
     time.sleep(0.3)
-    assert len(calls) == 2
+    assert [window for _, window in calls] == [True, True]
     events = Events(server.url)
     try:
         assert httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60).is_success
         events.wait_for(lambda: any(t.get("requests") for t in events.ticks()))
+        _until(lambda: worker.live.owed_in() is None, timeout=30)
     finally:
         events.close()
     # ~1 s of tokens sampled every 0.25 s, then the end of the job
     assert 2 + 3 <= len(calls) <= 2 + 1 / 0.25 + 2, calls
-    assert set(calls) == {"moe-worker"}
+    assert {thread for thread, _ in calls} == {"moe-worker"}
+    during, after = calls[2:-1], calls[-1]
+    assert during and not any(window for _, window in during) and after[1], calls
+    assert worker.last_stats["window"] is True  # /metrics: the full sample after the job
 
 
 def test_a_slow_sample_stretches_the_interval(serve_app, provider):
@@ -267,7 +275,7 @@ def test_a_slow_sample_stretches_the_interval(serve_app, provider):
     owed and taken once the budget allows, while the worker is idle."""
 
     class Slow(ScriptedProvider):
-        def stats(self) -> dict:
+        def stats(self, *, window: bool = True) -> dict:
             calls.append((time.monotonic(), time.perf_counter()))
             time.sleep(0.02)
             return super().stats()

@@ -118,8 +118,12 @@ class OffloadHandle:
             layer.counts.flush()
 
     # -- statistics -----------------------------------------------------------------------------
-    def stats(self) -> dict:
-        """Hits, misses, bytes and seconds read, in all and per MoE layer, and the plan."""
+    def stats(self, *, window: bool = True) -> dict:
+        """Hits, misses, bytes and seconds read, in all and per MoE layer, and the plan.
+
+        `window=False` leaves out the live hit rate next to Belady's (`"window": None`), whose
+        replay is the one costly part (milliseconds per layer every 256 steps); a caller that
+        asks often and does not show it (the live page) need not pay for it."""
         per_layer = []
         for layer in self.layers:
             layer.reads.wait()
@@ -170,7 +174,9 @@ class OffloadHandle:
                     [layer.cache.recent for layer in self.layers],
                     [layer.cache.capacity for layer in self.layers],
                 )
-            ),
+            )
+            if window
+            else None,
             "peak_memory": self.backend.peak_memory(),
             "budget": asdict(self.plan),
             "layers": per_layer,

@@ -301,9 +301,10 @@ class Leader:
             if item is not None:
                 return item
 
-    def stats(self) -> dict:
+    def stats(self, *, window: bool = True) -> dict:
         """Rank 0's session statistics; hits, misses and bytes read summed over every rank;
-        `ranks` lists each rank's own figures (a follower's as of its last request)."""
+        `ranks` lists each rank's own figures (a follower's as of its last request). Taken
+        after each request, so `window` changes nothing here."""
         stats = dict(self._full)
         ranks = self.ranks()
         counted = [r for r in ranks if "hits" in r]

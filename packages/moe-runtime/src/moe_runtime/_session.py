@@ -468,9 +468,10 @@ class Session:
 
     # -- state ------------------------------------------------------------------------------
 
-    def stats(self) -> dict:
-        """Expert cache statistics and budget (from moe-core) plus this session's own."""
-        stats = self.handle.stats()
+    def stats(self, *, window: bool = True) -> dict:
+        """Expert cache statistics and budget (from moe-core) plus this session's own;
+        `window=False` leaves out moe-core's costly Belady window (`OffloadHandle.stats`)."""
+        stats = self.handle.stats(window=window)
         stats["session"] = {
             **self._counters,
             "model": self.model_id,

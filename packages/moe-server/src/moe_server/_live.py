@@ -5,10 +5,11 @@ at most every `interval` seconds and only while a page is listening, and once af
 Every sample, the one after a job included, is charged to a budget of `share` of the worker's
 time: a sample that took c seconds lets the next come c / share seconds after it at the
 earliest. The one after a job is owed, not skipped, when the budget is spent: the worker takes it
-once the budget allows, while idle or between the next job's tokens. (A sample is usually under
-a millisecond, but the one that replays moe-core's Belady window, every 256 steps of a layer,
-takes up to tens of milliseconds: see benchmarks/README.md. Falling on the sample after a job,
-it used to be charged to nothing.)
+once the budget allows, while idle or between the next job's tokens. The samples between tokens
+ask `provider.stats(window=False)`: the one costly part of the stats, moe-core's Belady window
+(milliseconds of CPU per layer every 256 steps, many times that in wall time on a loaded
+machine), is not shown on the page; the sample at start and after each job reads it for
+`/metrics` (`full`), as it did before the page existed.
 A sample is counters the core already keeps (`provider.stats()`), the resident and pinned experts
 (`handle.resident()`, `handle.pinned()`: host-side tables, no device sync), the experts read and
 evicted since the previous sample (an observer of the offload handle, attached only while a page
@@ -102,6 +103,7 @@ class Sampler:
     _seq: int = 0
     _requests: int = 0
     owed: bool = False  # the sample after a job is still to be taken (the budget was spent)
+    full: dict = field(default_factory=dict)  # provider.stats() of the latest full sample
     _sampled: float = 0.0
     _free_at: float = 0.0  # perf_counter() from which the budget allows the next sample
     _spent: float = 0.0
@@ -131,7 +133,7 @@ class Sampler:
         if now >= self._free_at and (
             self.owed or (self.listeners and now - self._sampled >= self.interval)
         ):
-            self.sample(now)
+            self.sample(now, full=self.owed)
 
     def after_job(self) -> Sample | None:
         """The sample after a job (the state /metrics shows, the page's last frame of it): taken
@@ -165,13 +167,16 @@ class Sampler:
             )
         )
 
-    def sample(self, now: float | None = None) -> Sample | None:
-        """Read the provider's counters and resident sets; on the worker thread only."""
+    def sample(self, now: float | None = None, *, full: bool = True) -> Sample | None:
+        """Read the provider's counters and resident sets; on the worker thread only. Not
+        `full`: without what the page does not show (`provider.stats(window=False)`)."""
         start = time.perf_counter()
         self._sampled = start if now is None else now
-        self.owed = False
+        self.owed = self.owed and not full
         try:
-            stats = self.provider.stats() or {}
+            stats = (self.provider.stats() if full else self.provider.stats(window=False)) or {}
+            if full:
+                self.full = stats
             grid = residency(self.provider)
             activity = self._activity.take() if self._activity is not None else None
             self._follow()

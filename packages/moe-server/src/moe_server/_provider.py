@@ -24,6 +24,10 @@ class Provider(Protocol):
     `frequency_penalty` and `logit_bias`; `.logprobs` (the vocabulary's log probabilities) and
     `.token` are read for `logprobs`.
 
+    `stats(window=False)` may leave out what is costly to compute and not shown on the live
+    page (moe-core's Belady window): the page's samples between tokens ask for that; the one at
+    start and after each job, which `/metrics` shows, read everything.
+
     A provider may also have `health() -> {"status", "reason", "ranks"}` (moe-runtime's
     `Leader`, a model split across hosts): the event loop calls it, so it must not touch MLX.
     A status other than "ok" refuses requests with a 503 that gives the reason, and `/health`
@@ -41,4 +45,4 @@ class Provider(Protocol):
         self, prompt: Any, tools: list[dict] | None = None, **template: Any
     ) -> list[int]: ...
 
-    def stats(self) -> dict: ...
+    def stats(self, *, window: bool = True) -> dict: ...

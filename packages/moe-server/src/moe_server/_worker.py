@@ -194,9 +194,8 @@ class Worker:
 
     @property
     def last_stats(self) -> dict:
-        """`provider.stats()` as the latest sample read it (at start, after each job)."""
-        latest = self.live.latest
-        return latest.stats if latest is not None else {}
+        """`provider.stats()` as the latest full sample read it (at start, after each job)."""
+        return self.live.full
 
     def _next_job(self) -> Job | None:
         """The next job; while none comes, the sample the last one owes is taken when due."""
