@@ -103,8 +103,15 @@ def test_lowbit_reads_misses_for_later_steps(moe_checkpoint):
     mx.eval(first)
     cold = handle.stats()
     assert cold["lowbit"] == cold["misses"] > 0 and cold["hits"] == 0
-    handle.reset_stats()
-    again = model(tokens)  # the first step's reads have landed: every expert is resident now
+    # Each pass reads what it missed; a lossy layer changes what the layers after it pick, so
+    # a pass is exact up to one layer further than the one before, until nothing is missed.
+    layers = len(handle.capacity)
+    for _ in range(layers + 1):
+        handle.reset_stats()  # joins the reads in flight
+        again = model(tokens)
+        mx.eval(again)
+        if handle.stats()["misses"] == 0:
+            break
     assert handle.stats()["misses"] == 0
     want = reference(path)(tokens)
     assert mx.array_equal(again, want).item()
