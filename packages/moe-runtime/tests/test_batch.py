@@ -169,3 +169,27 @@ def test_a_quantized_kv_cache_does_not_batch(checkpoint, tmp_path):
         pytest.raises(ValueError, match="quantized KV cache"),
     ):
         s.open_batch(4)
+
+
+def test_batches_on_other_threads_share_the_prompt_cache(ref, checkpoint, family, session):
+    """A server may start a new worker thread for the same session: the cache a batch left to
+    the prompt cache must be usable there (mlx-lm's generation stream is per thread)."""
+    import threading
+
+    path = checkpoint(family)
+    prompt = session.encode_prompt(MESSAGES)
+    out = []
+
+    def decode(tokens):
+        batch = session.open_batch(2)
+        batch.add(tokens, max_tokens=4)
+        got = []
+        while len(batch):
+            got += [r.token for _, r in batch.step()]
+        out.append(got)
+
+    for tokens in (prompt, [*prompt, 44, 45]):
+        thread = threading.Thread(target=decode, args=(tokens,))
+        thread.start()
+        thread.join()
+    assert out == [ref.tokens(path, prompt, 4), ref.tokens(path, [*prompt, 44, 45], 4)]

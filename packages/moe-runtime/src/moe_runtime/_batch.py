@@ -101,10 +101,15 @@ class Batch:
         if session._active is not None:  # a stream of the session's own: end it first
             session._active.close()
         cache = session._cache
-        reused = cache.prepare(tokens)
         template = options.get("chat_template_kwargs")
         boundary = session._boundary(prompt, tokens, options.get("tools"), template)
-        if not cache.prefill(tokens, lambda _: None, cancelled, boundary=boundary):
+        try:
+            reused = cache.prepare(tokens)
+            fed = cache.prefill(tokens, lambda _: None, cancelled, boundary=boundary)
+        except BaseException:
+            cache.reset()  # an error mid-chunk (a failed read) may leave any state: drop it
+            raise
+        if not fed:  # the cache holds the chunks fed so far, a prefix the next prompt reuses
             session._counters["cancelled"] += 1
             return None
         counters = session._counters
@@ -153,13 +158,16 @@ class Batch:
             elif stopped:
                 finished.append(r.uid)
         for uid in finished:
-            self.remove(uid)
+            self._leave(uid)
         return out
 
     def remove(self, uid: int) -> None:
-        """End a request before its last token (cancelled, or stopped by a stop string)."""
-        if uid not in self._streams:
-            return
+        """End a request before its last token (counted as cancelled, as closing a stream is)."""
+        if uid in self._streams:
+            self.session._counters["cancelled"] += 1
+            self._leave(uid)
+
+    def _leave(self, uid: int) -> None:
         caches = self._generator.remove([uid], return_prompt_caches=True)
         cache, tokens = caches.get(uid, (None, None))
         self._finished(uid, cache, tokens)
@@ -168,7 +176,10 @@ class Batch:
         stream = self._streams.pop(uid)
         self.session._counters["generated_tokens"] += stream.generated
         if cache is not None and tokens is not None:
-            # The next turn of this conversation reuses what this request computed.
+            # The next turn of this conversation reuses what this request computed. Evaluated
+            # now: a lazy slice of the batch's cache would keep all of it alive, and could not
+            # be computed on another thread (mlx-lm's generation stream is per thread).
+            mx.eval([c.state for c in cache])
             self.session._cache.adopt(cache, list(tokens))
 
     def _response(self, stream: _Stream, r, text: str, finish, now: float) -> GenerationResponse:
@@ -192,5 +203,5 @@ class Batch:
 
     def close(self) -> None:
         for uid in list(self._streams):
-            self.remove(uid)
+            self._leave(uid)
         self._generator.close()
