@@ -74,7 +74,7 @@ def serve(checkpoint, tmp_path):
 def test_sigterm_finishes_the_running_stream_fails_the_queued_one_and_exits_0(serve, checkpoint):
     from openai import OpenAI
 
-    proc, url, cache = serve("--grace", 60)
+    proc, url, cache = serve("--grace", 60, "--batch", 1)  # the second request waits
     client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
     running = iter(
         client.chat.completions.create(
@@ -121,14 +121,14 @@ def test_sigterm_finishes_the_running_stream_fails_the_queued_one_and_exits_0(se
 
 
 def test_max_context_and_queue_options(serve, checkpoint):
-    proc, url, _ = serve("--max-context", 2000, "--queue", 0)
+    proc, url, _ = serve("--max-context", 2000, "--queue", 0, "--batch", 1)
     [model] = httpx.get(url + "/v1/models").json()["data"]
     assert model["context_length"] == 2000
     long = [{"role": "user", "content": "word " * 2500}]
     response = httpx.post(url + "/v1/chat/completions", json={"model": "m", "messages": long})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "context_length_exceeded"
-    # --queue 0: while one request runs, another is refused, told when to come back.
+    # --queue 0 --batch 1: while one request runs, another is refused, told when to come back.
     body = {
         "model": "m",
         "messages": CHAT,

@@ -2,7 +2,7 @@
 
 The bind address and the port are checked before the model loads, so a mistake costs no time.
 Ctrl-C and SIGTERM stop the server cleanly: no new requests, queued ones answered with an error,
-the running one given `--grace` seconds (then ended with the API's error event), the resident
+the running ones given `--grace` seconds (then ended with the API's error event), the resident
 experts saved, exit code 0."""
 
 from __future__ import annotations
@@ -71,7 +71,21 @@ def serve(
         typer.Option(
             "--queue",
             min=0,
-            help="Requests that may wait behind the running one; more get 429/529 with when to retry.",
+            help=(
+                "Requests that may wait behind the running ones; more get 429/529 with when "
+                "to retry."
+            ),
+        ),
+    ] = 8,
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--batch",
+            min=1,
+            help=(
+                "Requests decoded together, at most, each token for token as it would run "
+                "alone; 1: one at a time."
+            ),
         ),
     ] = 8,
     grace: Annotated[
@@ -169,7 +183,8 @@ def serve(
         if disk_mbps is None:
             disk_mbps = measure_disk_for(session)
         announce(session, host, port, disk_mbps)
-        limits = {"max_tokens_default": max_tokens, "max_queue": queue}
+        err_console.print(f"  batch: up to {batch} requests decoded together")
+        limits = {"max_tokens_default": max_tokens, "max_queue": queue, "batch": batch}
         # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found;
         # finding one that ignores it lets a clean shutdown end with exit code 0.
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -155,12 +155,14 @@ def create_app(
     max_tokens_default: int = 512,
     max_body_bytes: int = 4 * 1024 * 1024,
     disk_mb_s: float | None = None,
+    batch: int = 8,
 ) -> Starlette:
     """An ASGI app serving `provider` over the OpenAI and Anthropic APIs, and a live page at `/`.
 
     One worker thread runs the model; the event loop only parses, queues and streams, so
     `/health` answers during a generation. `disk_mb_s` (the disk's measured read speed) is
-    what the page sets the expert reads against.
+    what the page sets the expert reads against. `batch`: up to that many requests decode
+    together, each token for token as it would alone, where the provider can (`open_batch`).
     """
     if not isinstance(provider, Provider):
         raise TypeError(
@@ -173,6 +175,7 @@ def create_app(
             max_queue=max_queue,
             max_tokens_default=max_tokens_default,
             max_body_bytes=max_body_bytes,
+            batch=batch,
         ),
     )
 

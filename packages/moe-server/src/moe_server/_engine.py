@@ -27,9 +27,10 @@ class Limits:
     max_queue: int = 8
     max_tokens_default: int = 512
     max_body_bytes: int = 4 * 1024 * 1024
+    batch: int = 1  # requests decoded together, at most (where the provider can batch)
 
     def __post_init__(self):
-        for name in ("max_tokens_default", "max_body_bytes"):
+        for name in ("max_tokens_default", "max_body_bytes", "batch"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
@@ -42,7 +43,7 @@ class Engine:
     def __init__(self, provider: Provider, limits: Limits):
         self.provider = provider
         self.limits = limits
-        self.worker = Worker(provider, max_queue=limits.max_queue)
+        self.worker = Worker(provider, max_queue=limits.max_queue, batch=limits.batch)
         self.metrics = Metrics()
         self.created = int(time.time())
         self._lltok: Any = None  # llguidance's tokenizer, built on the first constrained request

@@ -28,6 +28,11 @@ class Provider(Protocol):
     page (moe-core's Belady window): the page's samples between tokens ask for that; the one at
     start and after each job, which `/metrics` shows, read everything.
 
+    A provider may have `open_batch(n)` (`moe_runtime.Session`): a batch decoding up to n
+    requests together (`alone(**sampling)`, `add(prompt, cancelled=, **sampling) -> id`,
+    `step() -> [(id, response)]`, `remove(id)`, `close()`); it raises ValueError where the
+    provider cannot batch, and the server then runs one request at a time.
+
     A provider may also have `health() -> {"status", "reason", "ranks"}` (moe-runtime's
     `Leader`, a model split across hosts): the event loop calls it, so it must not touch MLX.
     A status other than "ok" refuses requests with a 503 that gives the reason, and `/health`

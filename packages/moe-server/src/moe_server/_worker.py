@@ -1,10 +1,15 @@
 """The one thread that runs the model.
 
 MLX is not thread-safe, so every `provider.stream` and `provider.stats` call happens here and
-the event loop only moves events. Requests wait in a bounded queue; a full queue refuses at
-once (the APIs answer 429/529) with the time a slot is expected to free, instead of letting
-latency grow without bound. At shutdown the worker drains: it takes no new job, fails those
-waiting, and gives the running one a grace period.
+the event loop only moves events. With `batch` > 1 and a provider that can (`open_batch`, a
+`moe_runtime.Session`), up to `batch` jobs decode together: a job joins between two steps
+(after its prefill, which the others wait for) and leaves when it ends. A job that cannot join
+(`Batch.alone` says why: a seeded sampled request) waits for the batch to empty and runs alone,
+as every job does with `batch` 1 or a provider that cannot batch (a model split across hosts, a
+quantized KV cache). Requests wait in a bounded queue; a full queue refuses at once (the APIs
+answer 429/529) with the time a slot is expected to free, instead of letting latency grow
+without bound. At shutdown the worker drains: it takes no new job, fails those waiting, and
+gives the running ones a grace period.
 """
 
 from __future__ import annotations
@@ -18,11 +23,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from moe_runtime import StopText
-
 from ._live import Sampler
+from ._output import Failure, Finish, Output, TokenLogprob
 from ._provider import Provider
-from ._reasoning import Reasoning, ReasoningSplitter
+from ._reasoning import ReasoningSplitter
 from ._text import ToolCall, ToolScanner
 
 log = logging.getLogger("moe_server")
@@ -45,32 +49,6 @@ class ShuttingDown(Unavailable):
 
 
 SHUTDOWN = "the server is shutting down; retry on another or after it restarts"
-
-
-@dataclass(slots=True)
-class Finish:
-    reason: str  # "stop" | "length" | "tool_calls" | "stop_sequence"
-    stop_sequence: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_s: float | None
-    generation_tps: float
-    cached_tokens: int = 0  # of prompt_tokens, those a prompt cache held (none prefilled)
-
-
-@dataclass(slots=True)
-class Failure:
-    message: str  # "cancelled" when the client left: nobody is there to tell
-    shutdown: bool = False  # ended by the server stopping (503/529, worth a retry)
-
-
-@dataclass(slots=True)
-class TokenLogprob:
-    """One generated token's log probability and the most likely alternatives."""
-
-    token: str
-    logprob: float
-    top: list[tuple[str, float]]
 
 
 @dataclass(slots=True)
@@ -103,21 +81,22 @@ class Job:
 
 
 class Worker:
-    """Owns the provider: a thread that runs queued jobs one at a time."""
+    """Owns the provider: a thread that runs queued jobs, up to `batch` of them together."""
 
     # What a job is taken to last before one has finished (then: a running mean of their times).
     FIRST_GUESS_S = 1.0
 
-    def __init__(self, provider: Provider, *, max_queue: int):
+    def __init__(self, provider: Provider, *, max_queue: int, batch: int = 1):
         self.provider = provider
         self.max_queue = max_queue
+        self.batch = batch  # jobs decoded together, at most (1 until the thread opens a batch)
         # Touched only on the event loop:
         self.waiting = 0
         self.running = 0
         self.draining = False
         self.job_seconds = self.FIRST_GUESS_S
         self._queued: collections.deque[Job] = collections.deque()
-        self._current: tuple[Job, float] | None = None  # the running job and when it started
+        self._running: dict[int, tuple[Job, float]] = {}  # id(job): the job, when it started
         self._promised: list[float] = []  # when refused clients were told a slot frees
         self.live = Sampler(provider)  # what the live page shows, sampled on this thread
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -138,8 +117,10 @@ class Worker:
         """Queue a job, or raise Overloaded or ShuttingDown. Call on the event loop."""
         if self.draining:
             raise ShuttingDown
-        # The running job does not count: max_queue is how many may wait behind it.
-        if self.waiting >= self.max_queue and (self.waiting or self.running):
+        # The running jobs do not count: max_queue is how many may wait behind them, beside
+        # those a batch with room takes at once.
+        room = self.max_queue + max(self.batch - self.running, 0)
+        if self.waiting >= room and (self.waiting or self.running):
             raise Overloaded(self.retry_after())
         self.waiting += 1
         self._queued.append(job)
@@ -147,33 +128,36 @@ class Worker:
         return job
 
     def retry_after(self) -> float:
-        """Seconds until a slot is expected to free for a client refused now: the running job's
-        rest, then one job for each client refused before it that has not come back yet, so
-        refused clients return one at a time rather than all at once. Half a job more: coming
-        back a little late costs nothing while the queue is full, coming early is refused."""
+        """Seconds until a slot is expected to free for a client refused now: the rest of the
+        running job nearest its end, then a slot's share of a job for each client refused
+        before it that has not come back yet, so refused clients return one at a time rather
+        than all at once. Half of that more: coming back a little late costs nothing while the
+        queue is full, coming early is refused."""
         now = time.monotonic()
         self._promised = [t for t in self._promised if t > now]
         rest = self.job_seconds
-        if self._current is not None:
-            rest = max(self.job_seconds - (now - self._current[1]), 0.1 * self.job_seconds)
-        wait = rest + (len(self._promised) + 0.5) * self.job_seconds
+        if self._running:
+            oldest = min(started for _, started in self._running.values())
+            rest = max(self.job_seconds - (now - oldest), 0.1 * self.job_seconds)
+        each = self.job_seconds / max(self.batch, 1)
+        wait = rest + (len(self._promised) + 0.5) * each
         self._promised.append(now + wait)
         return wait
 
     def drain(self, grace: float) -> None:
-        """Stop taking work: queued jobs end now with a shutdown Failure, the running one gets
-        `grace` seconds to finish before it is ended the same way. Call on the event loop."""
+        """Stop taking work: queued jobs end now with a shutdown Failure, the running ones get
+        `grace` seconds to finish before they are ended the same way. Call on the event loop."""
         self.draining = True
         for job in self._queued:
             job.shutdown = True
             job.cancel()
             job.events.put_nowait(job.end())
-        if self._current is not None:
-            job = self._current[0]
-            asyncio.get_running_loop().call_later(grace, self._end_running, job)
+        loop = asyncio.get_running_loop()
+        for job, _ in self._running.values():
+            loop.call_later(grace, self._end_running, job)
 
     def _end_running(self, job: Job) -> None:
-        if self._current is not None and self._current[0] is job:
+        if id(job) in self._running:
             job.shutdown = True
             job.cancel()
 
@@ -184,11 +168,13 @@ class Worker:
             self._queued.popleft()
         else:
             self._queued.remove(job)
-        self._current = (job, time.monotonic())
+        self._running[id(job)] = (job, time.monotonic())
+        if self.draining:  # started after the drain: it gets no grace of its own
+            self._end_running(job)
 
     def _ended(self, job: Job, seconds: float | None) -> None:
         self.running -= 1
-        self._current = None
+        self._running.pop(id(job), None)
         if seconds is not None:  # a job that ran: its time moves the running mean
             self.job_seconds += 0.3 * (seconds - self.job_seconds)
 
@@ -197,8 +183,13 @@ class Worker:
         """`provider.stats()` as the latest full sample read it (at start, after each job)."""
         return self.live.full
 
-    def _next_job(self) -> Job | None:
-        """The next job; while none comes, the sample the last one owes is taken when due."""
+    # -- the worker thread -------------------------------------------------------------------
+
+    def _next_job(self, wait: bool) -> Job | None:
+        """The next job (raises queue.Empty when none is there and not `wait`); while waiting,
+        the sample the last job owes is taken when due."""
+        if not wait:
+            return self._jobs.get_nowait()
         while True:
             try:
                 return self._jobs.get(timeout=self.live.owed_in())
@@ -207,114 +198,140 @@ class Worker:
 
     def _run(self) -> None:
         self.live.after_job()
-        while (job := self._next_job()) is not None:
-            job.loop.call_soon_threadsafe(self._started, job)
-            self.live.begin(job)
-            outcome = "failed"
-            started, seconds = time.perf_counter(), None
-            try:
-                if not job.cancelled.is_set():
-                    outcome = self._generate(job)
-                    if outcome != "cancelled":
-                        seconds = time.perf_counter() - started
+        batch = self._open_batch()
+        active: dict[int, tuple[Output, float]] = {}  # the batch's jobs by id
+        held: Job | None = None  # a job that runs alone once the batch has emptied
+        stopping = False
+        while True:
+            # Take jobs while the batch has room; wait for one only when nothing runs.
+            while not stopping and held is None and len(active) < self.batch:
+                try:
+                    job = self._next_job(wait=not active)
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                elif batch is None or batch.alone(**job.sampling) is not None:
+                    held = job
                 else:
-                    outcome = "cancelled"
-                    job.emit(job.end())
-            except Exception as e:  # a failing generation must not take the server down
-                log.exception("generation failed")
-                job.emit(Failure(f"{type(e).__name__}: {e}"))
-            finally:
-                self.live.end(job, outcome)
-                self.live.after_job()
-                job.loop.call_soon_threadsafe(self._ended, job, seconds)
+                    self._join(batch, job, active)
+            if active:
+                if not self._step(batch, active):
+                    batch = self._open_batch()  # a failed step may leave it in any state
+            elif held is not None:
+                self._alone(held)
+                held = None
+            elif stopping:
+                if batch is not None:
+                    batch.close()
+                return
+
+    def _open_batch(self) -> Any:
+        """The provider's batch, or None: one job at a time."""
+        if self.batch <= 1:
+            return None
+        open_batch = getattr(self.provider, "open_batch", None)
+        try:
+            if open_batch is None:
+                raise ValueError(f"{type(self.provider).__name__} cannot batch")
+            return open_batch(self.batch)
+        except ValueError as e:
+            log.warning("decoding one request at a time: %s", e)
+            self.batch = 1
+            return None
+
+    def _begin(self, job: Job) -> None:
+        job.loop.call_soon_threadsafe(self._started, job)
+        self.live.begin(job)
+
+    def _end(self, job: Job, outcome: str, seconds: float | None) -> None:
+        self.live.end(job, outcome)
+        self.live.after_job()
+        job.loop.call_soon_threadsafe(self._ended, job, seconds)
+
+    def _alone(self, job: Job) -> None:
+        """Run one job through `provider.stream`, the batch empty."""
+        self._begin(job)
+        outcome = "failed"
+        started, seconds = time.perf_counter(), None
+        try:
+            if not job.cancelled.is_set():
+                outcome = self._generate(job)
+                if outcome != "cancelled":
+                    seconds = time.perf_counter() - started
+            else:
+                outcome = "cancelled"
+                job.emit(job.end())
+        except Exception as e:  # a failing generation must not take the server down
+            log.exception("generation failed")
+            job.emit(Failure(f"{type(e).__name__}: {e}"))
+        finally:
+            self._end(job, outcome, seconds)
 
     def _generate(self, job: Job) -> str:
         """Run one job; returns its outcome (a finish reason, or "cancelled")."""
-        stops = StopText(job.stops)
-        scanner = job.tools
-        first_token_at = None
-        last = None
-        finish_reason = None
+        output = Output(job, self.provider.tokenizer)
         iterator = self.provider.stream(job.prompt, cancelled=job.cancelled.is_set, **job.sampling)
         try:
             for response in iterator:
                 if job.cancelled.is_set():
                     break
-                now = time.perf_counter()
-                if first_token_at is None:
-                    first_token_at = now
-                self.live.token(job, now)
-                last = response
-                if job.logprobs is not None:
-                    job.emit(self._logprob(response, job.logprobs))
-                text, stopped = stops.feed(response.text)
-                self._route(job, job.reasoning.feed(text))
-                if stopped:
-                    finish_reason = "stop_sequence"
-                    break
-                if response.finish_reason is not None:
-                    finish_reason = response.finish_reason
+                self.live.token(job, time.perf_counter())
+                if output.feed(response):
                     break
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()
+        return output.close()
+
+    def _join(self, batch: Any, job: Job, active: dict) -> None:
+        """Prefill a job and add it to the batch (or end it: cancelled, failed)."""
+        self._begin(job)
+        started = time.perf_counter()
         if job.cancelled.is_set():
             job.emit(job.end())
-            return "cancelled"
-        if finish_reason is None:
-            # An iterator that ends without a finish reason ran out of tokens.
-            finish_reason = "length" if last is not None else "stop"
-        tail = stops.flush() if finish_reason != "stop_sequence" else ""
-        self._route(job, [*job.reasoning.feed(tail), *job.reasoning.flush()])
-        for item in scanner.finish(finish_reason):
-            job.emit(item)
-        if scanner.calls and finish_reason != "length":
-            finish_reason = "tool_calls"
-        job.emit(
-            Finish(
-                reason=finish_reason,
-                stop_sequence=stops.matched,
-                # The whole prompt, even when the session reused a cached prefix of it.
-                prompt_tokens=job.prompt_tokens,
-                completion_tokens=getattr(last, "generation_tokens", 0) if last else 0,
-                ttft_s=(first_token_at - job.submitted) if first_token_at else None,
-                generation_tps=float(getattr(last, "generation_tps", 0.0) or 0.0),
-                cached_tokens=int(getattr(last, "cached_tokens", 0) or 0) if last else 0,
-            )
-        )
-        return finish_reason
+            return self._end(job, "cancelled", None)
+        try:
+            uid = batch.add(job.prompt, cancelled=job.cancelled.is_set, **job.sampling)
+        except Exception as e:  # the request's own fault (a prompt too long): the others go on
+            log.exception("generation failed")
+            job.emit(Failure(f"{type(e).__name__}: {e}"))
+            return self._end(job, "failed", None)
+        if uid is None:  # cancelled during its prefill
+            job.emit(job.end())
+            return self._end(job, "cancelled", None)
+        active[uid] = (Output(job, self.provider.tokenizer), started)
 
-    @staticmethod
-    def _route(job: Job, pieces: list) -> None:
-        """Reasoning goes straight out; answer text through the tool-call scanner."""
-        for piece in pieces:
-            if isinstance(piece, Reasoning):
-                job.emit(piece)
-            else:
-                for item in job.tools.feed(piece):
-                    job.emit(item)
-
-    def _logprob(self, response: Any, top: int) -> TokenLogprob:
-        import mlx.core as mx  # the worker thread is the one that runs MLX
-
-        logprobs = response.logprobs
-        token = int(response.token)
-        alternatives: list[tuple[str, float]] = []
-        if top > 0:
-            ids = mx.argpartition(-logprobs, kth=top - 1)[:top]
-            values = logprobs[ids].tolist()
-            pairs = sorted(zip(values, ids.tolist(), strict=True), reverse=True)
-            alternatives = [(self._token_text(i), _finite(v)) for v, i in pairs]
-        return TokenLogprob(self._token_text(token), _finite(logprobs[token].item()), alternatives)
-
-    def _token_text(self, token: int) -> str:
-        return self.provider.tokenizer.decode([token])
-
-
-def _finite(logprob: float) -> float:
-    """JSON has no -inf; a token a grammar or bias ruled out gets OpenAI's floor instead."""
-    return max(float(logprob), -9999.0)
+    def _step(self, batch: Any, active: dict) -> bool:
+        """One token for every job of the batch; False when the step failed (every job of the
+        batch then ends with the error)."""
+        try:
+            responses = batch.step()
+        except Exception as e:
+            log.exception("batched generation failed")
+            for output, _ in active.values():
+                output.job.emit(Failure(f"{type(e).__name__}: {e}"))
+                self._end(output.job, "failed", None)
+            active.clear()
+            return False
+        now = time.perf_counter()
+        for uid, response in responses:
+            output, started = active[uid]
+            if output.job.cancelled.is_set():
+                continue
+            self.live.token(output.job, now)
+            if output.feed(response):
+                if response.finish_reason is None:  # a stop string: the batch goes on
+                    batch.remove(uid)
+                del active[uid]
+                self._end(output.job, output.close(), time.perf_counter() - started)
+        for uid, (output, _) in list(active.items()):
+            if output.job.cancelled.is_set():  # between two tokens: the others go on
+                batch.remove(uid)
+                del active[uid]
+                self._end(output.job, output.close(), None)
+        return True
 
 
 __all__ = [
