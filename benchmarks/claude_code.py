@@ -28,7 +28,8 @@ and each turn completed, not a tool executed. `--max-output-tokens N` sets Claud
 CLAUDE_CODE_MAX_OUTPUT_TOKENS (its default asks for 32000 tokens, which a random model fills up
 to the context); `--tools Read` offers it only the Read tool (with the demo model's tokenizer a
 first prompt of ~2.4k tokens instead of ~23k with all 24 tools). API_TIMEOUT_MS is raised to
-an hour: Claude Code otherwise abandons a request after 10 minutes.
+an hour: Claude Code otherwise abandons a request after 10 minutes; so is
+CLAUDE_STREAM_IDLE_TIMEOUT_MS (5 minutes without a stream event other than a ping).
 
 `record` answers Claude Code from a scripted fake (a Read call, then a text answer) and writes
 its first request and the follow-up that carries the tool_result as JSON fixtures, with
@@ -236,15 +237,18 @@ def claude(
     command = [binary, "-p", prompt, *(["--tools", tools] if tools is not None else [])]
     command += ["--allowedTools", "Read", "--model", "moe", *more]
     start = time.perf_counter()
-    done = subprocess.run(
-        command, cwd=project, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    try:
+        done = subprocess.run(command, cwd=project, env=env, capture_output=True, timeout=timeout)
+        code, stdout, stderr = done.returncode, done.stdout, done.stderr
+    except subprocess.TimeoutExpired as e:  # recorded as a turn that did not finish
+        code, stdout, stderr = None, e.stdout, e.stderr
     return {
         "command": ["claude", *command[1:]],
-        "exit_code": done.returncode,
+        "exit_code": code,
+        "timed_out": code is None,
         "seconds": round(time.perf_counter() - start, 1),
-        "output": done.stdout.strip()[-2000:],
-        "stderr": done.stderr.strip()[-2000:],
+        "output": (stdout or b"").decode("utf-8", "replace").strip()[-2000:],
+        "stderr": (stderr or b"").decode("utf-8", "replace").strip()[-2000:],
     }
 
 
@@ -333,7 +337,12 @@ def run(args) -> None:
     serve += [model] if model else []
     serve += [*args.serve_args]
     # Claude Code gives up on a request after 10 minutes; a CPU prefills its prompt slower.
-    env = {"API_TIMEOUT_MS": str(args.api_timeout_ms)}
+    # It also aborts a stream after 5 minutes without an event (pings do not count), and a long
+    # prompt's prefill on a CPU sends none.
+    env = {
+        "API_TIMEOUT_MS": str(args.api_timeout_ms),
+        "CLAUDE_STREAM_IDLE_TIMEOUT_MS": str(args.api_timeout_ms),
+    }
     if args.max_output_tokens:
         env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(args.max_output_tokens)
     if args.max_turns:
