@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -163,8 +164,10 @@ def main() -> None:
     if args.child:
         return child(args)
     root = Path(tempfile.mkdtemp(prefix="moe-prompt-cache-"))
+    load = [os.getloadavg()[0]]  # a shared machine: how busy it was
     try:
         results = [measure(args, f, root) for f in args.families.split(",")]
+        load.append(os.getloadavg()[0])
     finally:
         shutil.rmtree(root, ignore_errors=True)
     import mlx.core as mx
@@ -175,6 +178,7 @@ def main() -> None:
         f"{_ram_gib():.0f} GiB RAM, {mx.default_device()}",
         "command": "uv run python benchmarks/prompt_cache.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_1min": {"start": load[0], "end": load[-1]},
         "settings": dict(
             words=args.words, capacity=args.capacity, max_tokens=args.max_tokens, runs=args.runs
         ),
@@ -186,8 +190,6 @@ def main() -> None:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 
