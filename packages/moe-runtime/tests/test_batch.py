@@ -104,7 +104,7 @@ def test_sampling_and_processors_are_per_request(session):
     assert batch.alone(max_tokens=4, seed=3) is None  # greedy: the seed changes nothing
 
 
-def test_stop_strings_removal_and_the_context_limit(session):
+def test_stop_strings_and_removal(session):
     full = "".join(r.text for r in alone(session, MESSAGES, max_tokens=24))
     at = next(i for i in range(4, len(full) - 2) if full[i : i + 2].isprintable())
     stop = full[at : at + 2]
@@ -132,14 +132,21 @@ def test_stop_strings_removal_and_the_context_limit(session):
     assert [r.token for r in out["kept"]] == [
         r.token for r in alone(session, PROMPTS[3], max_tokens=14)
     ]
-    # max_tokens=-1: what is left of the context, as alone.
-    batch = session.open_batch(2)
-    long = [20 + i % 400 for i in range(session.max_context - 3)]
-    batch.add(long, max_tokens=-1)
-    responses = []
-    while len(batch):
-        responses += [r for _, r in batch.step()]
-    assert len(responses) == 3 and responses[-1].finish_reason in ("length", "stop")
+
+
+def test_max_tokens_unbounded_ends_at_the_context(checkpoint, tmp_path):
+    """max_tokens=-1: what is left of the context, as alone (a small context keeps it short)."""
+    with Session(
+        checkpoint("qwen3_moe"), capacity=6, max_context=40, cache_dir=tmp_path, warm_start=False
+    ) as s:
+        long = [20 + i for i in range(37)]
+        batch = s.open_batch(2)
+        batch.add(long, max_tokens=-1)
+        responses = []
+        while len(batch):
+            responses += [r for _, r in batch.step()]
+        assert [r.token for r in responses] == [r.token for r in s.stream(long, max_tokens=-1)]
+        assert len(responses) <= 3 and responses[-1].finish_reason in ("length", "stop")
 
 
 def test_the_next_turn_reuses_a_batched_request(ref, checkpoint, family, session):
