@@ -161,6 +161,7 @@ def _known_profile(fingerprint: str, path: Path | None) -> dict | None:
     checkpoint, if there is one: its hit curves and source."""
     from moe_profiles import Profile, find_profile
 
+    profile: Profile | None
     if path is not None:
         profile = Profile.load(path)
         profile.check(fingerprint)
@@ -214,7 +215,7 @@ def print_report(r: dict) -> None:
     if not fit["fits"]:
         out(f"fits         no: {fit['reason']}")
     else:
-        experts = (
+        per_layer = (
             r["experts"] if isinstance(r["experts"], list) else [r["experts"]] * r["moe_layers"]
         )
         capacity = (
@@ -223,7 +224,9 @@ def print_report(r: dict) -> None:
             else [fit["capacity"]] * r["moe_layers"]
         )
         what = (
-            "every expert fits" if fit["all_experts_fit"] else describe_capacity(capacity, experts)
+            "every expert fits"
+            if fit["all_experts_fit"]
+            else describe_capacity(capacity, per_layer)
         )
         where = "as given" if fit["memory"] is None else f"in {human_bytes(fit['memory'])}"
         out(f"fits         {what} {where} ({fit['backend']})")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import mlx.nn as nn
 import numpy as np
@@ -16,6 +16,7 @@ from ._bank import Layer
 from ._geometry import Geometry
 from ._observers import Observers
 from ._plan import Plan
+from ._policy import Policy
 from ._store import ExpertStore
 from ._window import compare_layers, summarize
 
@@ -124,7 +125,7 @@ class OffloadHandle:
         `window=False` leaves out the live hit rate next to Belady's (`"window": None`), whose
         replay is the one costly part (milliseconds per layer every 256 steps); a caller that
         asks often and does not show it (the live page) need not pay for it."""
-        per_layer = []
+        per_layer: list[dict[str, Any]] = []
         for layer in self.layers:
             layer.reads.wait()
             cache, read, ahead = (
@@ -155,7 +156,7 @@ class OffloadHandle:
             "lossy": self.layers[0].miss.lossy,
             "packed": self.layers[0].map.contiguous,
             "lookahead": self.layers[0].reads.ahead is not None,
-            "policy": self.layers[0].cache.policy.name,
+            "policy": cast(Policy, self.layers[0].cache.policy).name,  # made from its name
             "hits": hits,
             "misses": misses,
             "hit_rate": hits / (hits + misses) if hits + misses else 0.0,

@@ -11,7 +11,7 @@ low-bit copies. A new mode is a new class with `forward`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -167,7 +167,7 @@ class RouterTap(nn.Module):
         super().__init__()
         self.router = router
         self.normalised = normalised
-        self.last = None
+        self.last: Any = None  # the router's output: logits, or (indices, scores)
 
     def __call__(self, x):
         self.last = self.router(x)

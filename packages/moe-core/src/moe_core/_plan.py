@@ -5,6 +5,7 @@ another plan (spreading the same bytes differently over the layers), and `offloa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ._backend import Backend, detect_backend
 from ._errors import BudgetError
@@ -83,7 +84,7 @@ def plan_budget(
     activations = _activation_bytes(geometry)
     scratch = _MARGIN + backend.cache_reserve(activations) + activations
     lowbit = _lowbit_bytes(geometry, lowbit_bits)
-    common = dict(
+    common: dict[str, Any] = dict(
         backend=backend.name,
         base_bytes=base,
         dense_bytes=geometry.dense_bytes,
@@ -95,6 +96,7 @@ def plan_budget(
         lowbit_bits=lowbit_bits,
         lowbit_bytes=lowbit,
     )
+    caps: list[int] | tuple[int, ...]
     if capacity is not None:
         caps = [capacity] * len(num_experts) if isinstance(capacity, int) else list(capacity)
         if len(caps) != len(num_experts):
@@ -116,12 +118,12 @@ def plan_budget(
     smallest = max(k or 1 for k in geometry.top_k)
     if slots < smallest:
         need = fixed + smallest * per_slot
-        budget, need, base, dense, extra, slot = format_sizes(
+        budget, needed, process, dense, extra, slot = format_sizes(
             memory, need, base, geometry.dense_bytes, scratch + reserve + sum(lowbit), per_slot
         )
         what = "scratch, reserve and low-bit copies" if lowbit else "scratch and reserve"
         raise BudgetError(
-            f"memory budget {budget} is too small: it needs at least {need} ({base} process, "
+            f"memory budget {budget} is too small: it needs at least {needed} ({process} process, "
             f"{dense} non-expert weights, {extra} {what}, {smallest} experts per "
             f"layer of {slot} per slot across layers)"
         )
@@ -133,9 +135,9 @@ def plan_budget(
         if slots >= most
         else f"{int(slots)} of {most} experts per layer"
     )
-    budget, fixed = format_sizes(memory, fixed)
+    budget, kept = format_sizes(memory, fixed)
     reason = (
-        f"{budget} {source}: {fixed} for the process, non-expert weights, scratch and "
+        f"{budget} {source}: {kept} for the process, non-expert weights, scratch and "
         f"reserve{' and low-bit copies' if lowbit else ''} leaves room for {room}"
     ) + _lowbit_reason(lowbit, expert_bytes, lowbit_bits)
     return Plan(caps, reason, memory, **common)

@@ -100,8 +100,8 @@ class ExpertStore:
 
         def finished(future: Future[None]) -> None:
             with self._lock:
-                if future.exception() is not None:
-                    errors.append(future.exception())
+                if (error := future.exception()) is not None:
+                    errors.append(error)
                 remaining[0] -= 1
                 if remaining[0]:
                     return
@@ -142,7 +142,7 @@ class ExpertStore:
                     "(was the file truncated?)"
                 )
             checked = self._checked.get(bank.index)
-            if checked is not None and not checked[expert]:
+            if checked is not None and not checked[expert] and bank.checksums is not None:
                 if record_crc(*(d[slot] for d in dests)) != bank.checksums[expert]:
                     raise CheckpointError(
                         f"{file}: expert {expert} of {bank.path} fails its checksum (the file is "

@@ -118,7 +118,9 @@ class Batch:
         counters["prefix_tokens_reused"] += reused
         counters["prefilled_tokens"] += len(tokens) - reused
         if options.get("temperature", 0.0) == 0:
-            sampler = None  # the batch's own argmax: one call for every greedy request
+            # The batch's own argmax (None, which mlx-lm's annotation leaves out): one call for
+            # every greedy request.
+            sampler = None  # type: ignore[assignment]
         (uid,) = self._generator.insert(
             [tokens[-1:]],
             max_tokens=[max_tokens],
@@ -185,8 +187,10 @@ class Batch:
     def _response(self, stream: _Stream, r, text: str, finish, now: float) -> GenerationResponse:
         from ._session import Response
 
-        ttft = stream.first - stream.started
-        decode = now - stream.first
+        first = stream.first
+        assert first is not None  # set when its first token came, before any response
+        ttft = first - stream.started
+        decode = now - first
         return Response(
             text=text,
             token=r.token,

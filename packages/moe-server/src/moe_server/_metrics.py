@@ -27,7 +27,7 @@ ENDPOINTS = frozenset(
 class Metrics:
     """Touched only on the event loop, so plain counters need no lock."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requests: Counter[tuple[str, int]] = Counter()
         self.prompt_tokens = 0
         self.generated_tokens = 0
