@@ -1,6 +1,7 @@
 """Test sessions: one per package in an environment holding only what that package declares,
-one with every package for the root integration tests, the layering contract, lint, and the
-packages as they would be published (built without workspace sources, metadata checked)."""
+one with every package for the root integration tests, the layering contract, lint, the type
+checker, and the packages as they would be published (built without workspace sources, metadata
+checked)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ def layers(session: nox.Session) -> None:
     """The layering contract: cli > server > runtime > profiles > core, no web/CLI frameworks below."""
     _sync(session, "--all-packages", "--group", "dev")
     session.run("lint-imports")
+
+
+@nox.session(python="3.11")
+def types(session: nox.Session) -> None:
+    """mypy over every package's source (`[tool.mypy]` in pyproject.toml), with all installed."""
+    _sync(session, "--all-packages", "--group", "dev")
+    session.run("mypy")
 
 
 @nox.session(python="3.11")
