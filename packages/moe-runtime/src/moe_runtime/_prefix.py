@@ -108,30 +108,32 @@ class PromptCache:
         prompt's last message), or at the end when there is none. `cancelled` is asked before
         each chunk; when it says so, stop and return False. The cache then holds the chunks fed
         so far, a prefix of `prompt` the next request reuses."""
+        cache = self._live()
         end = len(prompt) - 1
         snapshot = None
-        if self.enabled and not self.agree(can_trim_prompt_cache(self.cache)):
+        if self.enabled and not self.agree(can_trim_prompt_cache(cache)):
             snapshot = end
             if boundary is not None and len(self.tokens) < boundary < end:
                 snapshot = boundary
-        for stop in sorted({snapshot, end} - {None}):
+        for stop in sorted(s for s in {snapshot, end} if s is not None):
             if not self._feed(prompt[len(self.tokens) : stop], quantize, cancelled):
                 return False
             if stop == snapshot and self.tokens and tuple(self.tokens) not in self.store.memory:
-                self.store.put(self.tokens, self.cache, trimmable=False, owned=False)
+                self.store.put(self.tokens, cache, trimmable=False, owned=False)
                 self._taken.append(tuple(self.tokens))
         return True
 
     def _feed(self, rest: list[int], quantize, cancelled) -> bool:
+        cache = self._live()
         step = self.prefill_step_size
         with mx.stream(generation_stream):
             for start in range(0, len(rest), step):
                 if cancelled is not None and cancelled():
                     return False
                 chunk = rest[start : start + step]
-                self.model(mx.array(chunk)[None], cache=self.cache)
-                quantize(self.cache)
-                mx.eval([c.state for c in self.cache])
+                self.model(mx.array(chunk)[None], cache=cache)
+                quantize(cache)
+                mx.eval([c.state for c in cache])
                 self.tokens.extend(chunk)
                 mx.clear_cache()
         return True
@@ -146,17 +148,23 @@ class PromptCache:
         if self.store.disk is None:
             return
         for key in self._taken:  # those still in memory
-            if (taken := self.store.memory.get(key)) is not None:
+            taken = self.store.memory.get(key)
+            if taken is not None and taken.cache is not None:  # in memory, so it holds its cache
                 self.store.persist(taken.tokens, taken.cache, trimmable=False)
         self._taken = []
-        trimmable = can_trim_prompt_cache(self.cache)
-        self.store.persist(self.tokens, self.cache, trimmable=trimmable)
+        cache = self._live()
+        self.store.persist(self.tokens, cache, trimmable=can_trim_prompt_cache(cache))
 
     def detach(self) -> list:
         """Hand the cache (holding `tokens`) to a batch that decodes into it; the next prompt
         starts from scratch, or from what `adopt` gives back."""
-        cache, self.cache, self.tokens = self.cache, None, []
+        cache, self.cache, self.tokens = self._live(), None, []
         return cache
+
+    def _live(self) -> list:
+        """The cache the next tokens go into (`prepare` made or kept one)."""
+        assert self.cache is not None, "the prompt cache was not prepared"
+        return self.cache
 
     def adopt(self, cache: list, tokens: list[int]) -> None:
         """A batch is done with a request's cache, which holds `tokens`: it becomes the cache

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx_lm
@@ -89,7 +90,9 @@ class Session:
         prompt_cache_disk: int | str = DISK_DEFAULT,
     ) -> None:
         self.model_id, self.model_path = resolve_model(model)
-        self.model, self.tokenizer, config = load_checked(self.model_path)
+        self.model, tokenizer, config = load_checked(self.model_path)
+        assert tokenizer is not None  # load_checked loads one unless told not to
+        self.tokenizer = tokenizer
         self.stage = None
         if group is not None and group.size() > 1:  # this rank's layers only, nothing read yet
             from ._pipeline import pipeline
@@ -138,7 +141,12 @@ class Session:
         self._warm_key = None
         self._usage: UsageCounter | None = None
         # What this start took from saved state, so results that depend on it can be traced.
-        self._warm = {"enabled": warm_start, "path": None, "restored": False, "prefetched": 0}
+        self._warm: dict[str, Any] = {
+            "enabled": warm_start,
+            "path": None,
+            "restored": False,
+            "prefetched": 0,
+        }
         state = None
         if warm_start:
             digest = None
@@ -177,14 +185,14 @@ class Session:
             backend=backend,
         )
         mx.eval(self.model.parameters())  # non-expert weights; expert slots are already there
-        if self.stage is not None:
+        if self.stage is not None and group is not None:  # a stage has a group
             from ._pipeline import sync_random
 
             sync_random(group)
         self._start_experts(state)
         self.handle.reset_stats()
         agree = bool
-        if self.stage is not None:
+        if self.stage is not None and group is not None:
             from ._pipeline import agreement
 
             agree = agreement(group)
@@ -200,9 +208,9 @@ class Session:
                 miss=miss,
             )
         self._cache = PromptCache(self.model, enabled=prefix_cache, agree=agree, store=store)
-        self._active: Iterator | None = None
+        self._active: Generator[GenerationResponse, None, None] | None = None
         self._closed = False
-        self._counters = dict(
+        self._counters: dict[str, Any] = dict(
             requests=0,
             prompt_tokens=0,
             generated_tokens=0,
@@ -265,14 +273,16 @@ class Session:
                 "prompt must be a string, a non-empty list of messages or of token ids"
             )
         if all(isinstance(t, int) for t in prompt):
+            ids = cast("list[int]", prompt)
             vocab = self.model.args.vocab_size if hasattr(self.model, "args") else None
-            bad = [t for t in prompt if t < 0 or (vocab is not None and t >= vocab)]
+            bad = [t for t in ids if t < 0 or (vocab is not None and t >= vocab)]
             if bad:
                 raise ValueError(f"token id {bad[0]} is out of the vocabulary")
-            return list(prompt)
+            return list(ids)
         if all(isinstance(m, dict) for m in prompt):
+            messages = cast("list[dict]", prompt)
             # Text in the messages never becomes a control token (a user cannot open a turn).
-            return encode_messages(self.tokenizer, prompt, tools, **(chat_template_kwargs or {}))
+            return encode_messages(self.tokenizer, messages, tools, **(chat_template_kwargs or {}))
         raise ValueError("prompt must be a string, a list of messages (dicts) or of token ids")
 
     # -- generation -------------------------------------------------------------------------
@@ -384,7 +394,7 @@ class Session:
 
     def _run(
         self, tokens, max_tokens, sampler, processors, stops, cancelled=None, boundary=None
-    ) -> Iterator[GenerationResponse]:
+    ) -> Generator[GenerationResponse, None, None]:
         tic = time.perf_counter()
         cache = self._cache
         generated: list[int] = []
@@ -495,7 +505,7 @@ class Session:
             return None
         self.handle.flush_counts()
         summary = {k: v for k, v in self.handle.stats().items() if k not in ("layers", "budget")}
-        assert self._usage is not None
+        assert self._usage is not None and self._warm_key is not None  # set with the path
         save_state(
             self._warm_path,
             self._warm_key,

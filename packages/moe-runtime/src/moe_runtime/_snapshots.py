@@ -23,6 +23,7 @@ import os
 import struct
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -158,7 +159,9 @@ class SnapshotStore:
     def take(self, found: Found) -> list | None:
         """A cache of its own holding `found.usable` tokens (None: its file proved bad)."""
         entry = found.entry
+        cache: list | None
         if found.tier == "memory":
+            assert entry.cache is not None  # an entry in memory holds its cache
             self.memory.move_to_end(entry.tokens)
             cache = copy_cache(entry.cache)
             self.counts["memory_hits"] += 1
@@ -193,10 +196,13 @@ class SnapshotStore:
             self.counts["evicted"] += 1
         self.memory[key] = Entry(key, trimmable, nbytes, cache if owned else copy_cache(cache))
 
-    def persist(self, tokens: list[int], cache: list, *, trimmable: bool) -> None:
+    def persist(self, tokens: Sequence[int], cache: list, *, trimmable: bool) -> None:
         """Write a snapshot to disk (when there is a disk tier) for the next start."""
-        written = self.disk is not None and tokens
-        if written and self.disk.save(tuple(tokens), cache, trimmable=trimmable):
+        if (
+            self.disk is not None
+            and tokens
+            and self.disk.save(tuple(tokens), cache, trimmable=trimmable)
+        ):
             self.counts["disk_writes"] += 1
 
     def stats(self) -> dict:
@@ -286,7 +292,7 @@ class DiskTier:
             return False
         self._make_room(size)
         with moe_core.atomic_write(path) as f:
-            save_prompt_cache(f, cache, meta)
+            save_prompt_cache(f, cache, meta)  # type: ignore[arg-type]  # it takes a file too
         self.entries[tokens] = Entry(tokens, trimmable, path.stat().st_size, path=path)
         if trimmable:  # it serves every prompt its prefixes served
             for old in [t for t in self.entries if len(t) < len(tokens) and tokens[: len(t)] == t]:
