@@ -93,5 +93,6 @@ def test_a_follower_that_dies_or_freezes_is_gone(fault):
         finally:
             follower.kill()
             follower.wait()
+            follower.stdout.close()
     finally:
         server.close()

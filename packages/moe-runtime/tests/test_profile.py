@@ -5,6 +5,7 @@ is stood in for by a small class with the same interface, so this tests the runt
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,7 @@ class FakeProfile:
 
     @classmethod
     def load(cls, path):
-        return cls(json.loads(open(path).read()))
+        return cls(json.loads(Path(path).read_text()))
 
     def check(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:
