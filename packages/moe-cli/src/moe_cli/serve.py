@@ -184,7 +184,11 @@ def serve(
             disk_mbps = measure_disk_for(session)
         announce(session, host, port, disk_mbps)
         err_console.print(f"  batch: up to {batch} requests decoded together")
-        limits: dict[str, Any] = {"max_tokens_default": max_tokens, "max_queue": queue, "batch": batch}
+        limits: dict[str, Any] = {
+            "max_tokens_default": max_tokens,
+            "max_queue": queue,
+            "batch": batch,
+        }
         # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found;
         # finding one that ignores it lets a clean shutdown end with exit code 0.
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from moe_runtime import StopText
 
@@ -117,8 +117,9 @@ class Output:
         alternatives: list[tuple[str, float]] = []
         if top > 0:
             ids = mx.argpartition(-logprobs, kth=top - 1)[:top]
-            values = logprobs[ids].tolist()
-            pairs = sorted(zip(values, ids.tolist(), strict=True), reverse=True)
+            values = cast("list[float]", logprobs[ids].tolist())
+            top_ids = cast("list[int]", ids.tolist())
+            pairs = sorted(zip(values, top_ids, strict=True), reverse=True)
             alternatives = [(self._token_text(i), _finite(v)) for v, i in pairs]
         return TokenLogprob(self._token_text(token), _finite(logprobs[token].item()), alternatives)
 
