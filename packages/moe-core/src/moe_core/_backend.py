@@ -22,6 +22,9 @@ _UNLIMITED = 1 << 60
 class CPUBackend:
     name: str = "cpu"
     unified_memory: bool = True
+    # Exact waves call the kernel with the step's full shape (see `_miss.Exact`); the CPU's
+    # gather kernels give a row the same bits in a call of any size, so it need not.
+    full_shape_waves: bool = False
     proc: Path = Path("/proc")
     cgroup: Path = Path("/sys/fs/cgroup")
 
@@ -92,6 +95,7 @@ class CPUBackend:
 class MetalBackend:
     name: str = "metal"
     unified_memory: bool = True
+    full_shape_waves: bool = True
 
     def available_memory(self) -> int:
         return int(mx.device_info()["max_recommended_working_set_size"])
@@ -115,6 +119,7 @@ class CUDABackend:
     # Experts are read into host staging buffers and uploaded in batches, not written through
     # managed memory page by page.
     unified_memory: bool = False
+    full_shape_waves: bool = True
 
     def available_memory(self) -> int:
         info = mx.device_info()

@@ -68,7 +68,16 @@ class OffloadedBank(nn.Module):
                 # session on another thread than the one that generates).
                 out = mx.depends(out, layer.counts.add(indices))
             return out
-        ids = np.array(indices)  # [..., k]; the one host sync of this layer
+        # The one host sync of this layer; it brings the next layer's predicted experts along.
+        ahead = layer.reads.ahead
+        picks = None if ahead is None else ahead.picks(x, indices.size)
+        predicted = None
+        if picks is None:
+            ids = np.array(indices)  # [..., k]
+        else:
+            mx.eval(indices, picks)
+            ids = np.array(indices)
+            predicted = np.unique(np.array(picks)).astype(np.int64)
         if observers.steps or observers.counts:
             observers.step(layer.map.index, ids, layer.map.num_experts)
-        return layer.miss.forward(self.bank, layer, x, indices, ids)
+        return layer.miss.forward(self.bank, layer, x, indices, ids, predicted)

@@ -17,6 +17,7 @@ from ._geometry import Geometry
 from ._observers import Observers
 from ._plan import Plan
 from ._policy import Policy
+from ._reads import PredictionScore
 from ._store import ExpertStore
 from ._window import compare_layers, summarize
 
@@ -122,6 +123,13 @@ class OffloadHandle:
     def stats(self, *, window: bool = True) -> dict:
         """Hits, misses, bytes and seconds read, in all and per MoE layer, and the plan.
 
+        Per layer, `read_seconds` is what its steps waited for reads (reads it needed, and
+        reads started ahead that had not landed yet); the reads started ahead of need are also
+        counted apart (`ahead_bytes`, `ahead_read_seconds`: their own spans, overlapped with
+        compute). `read_mb_per_s` is the store's throughput over all its reads. Where the GPU
+        has memory of its own: bytes and seconds of uploads, and the host tier's hits (GPU
+        misses it served), misses (read from storage into it) and evictions.
+
         `window=False` leaves out the live hit rate next to Belady's (`"window": None`), whose
         replay is the one costly part (milliseconds per layer every 256 steps); a caller that
         asks often and does not show it (the live page) need not pay for it."""
@@ -133,6 +141,7 @@ class OffloadHandle:
                 self.store.stats_of(layer.map.index),
                 layer.reads.ahead,
             )
+            slots = layer.slots
             per_layer.append(
                 {
                     "layer": layer.map.index,
@@ -143,14 +152,24 @@ class OffloadHandle:
                     "pinned": int(cache.pinned.sum()),
                     **cache.stats.as_dict(),
                     "bytes_read": read.bytes_read,
-                    "read_seconds": read.read_seconds,
+                    "read_seconds": layer.reads.waited,
+                    "ahead_bytes": read.ahead_bytes,
+                    "ahead_read_seconds": read.ahead_seconds,
                     **layer.miss.stats(),
                     "lookahead_predicted": ahead.predicted if ahead else 0,
+                    **layer.reads.scored.as_dict(),
+                    "uploaded_bytes": slots.uploaded_bytes,
+                    "upload_seconds": slots.upload_seconds,
+                    **(slots.host.stats() if slots.host is not None else {}),
                 }
             )
         hits = sum(p["hits"] for p in per_layer)
         misses = sum(p["misses"] for p in per_layer)
         total = self.store.stats
+        tier = {
+            key: sum(p.get(key, 0) for p in per_layer)
+            for key in ("host_hits", "host_misses", "host_evictions", "host_demoted")
+        }
         return {
             "miss": self.miss,
             "lossy": self.layers[0].miss.lossy,
@@ -164,10 +183,15 @@ class OffloadHandle:
             # choices computed from low-bit copies (the lossy `lowbit` mode)
             "lowbit": sum(p.get("lowbit", 0) for p in per_layer),
             "bytes_read": total.bytes_read,
-            "read_seconds": total.read_seconds,
+            "read_seconds": sum(p["read_seconds"] for p in per_layer),
+            "ahead_bytes": total.ahead_bytes,
             "read_mb_per_s": total.bytes_read / total.read_seconds / 1e6
             if total.read_seconds
             else 0.0,
+            "uploaded_bytes": sum(p["uploaded_bytes"] for p in per_layer),
+            "upload_seconds": sum(p["upload_seconds"] for p in per_layer),
+            "host_tier": bool(self.plan.host_capacity),
+            **tier,
             "evictions": sum(p["evictions"] for p in per_layer),
             # The live hit rate next to Belady's on the last steps (moe_core._window).
             "window": summarize(
@@ -188,6 +212,11 @@ class OffloadHandle:
             layer.reads.wait()
             layer.cache.reset_stats()
             layer.miss.reset_stats()
+            layer.reads.waited = 0.0
+            layer.reads.scored = PredictionScore()
+            layer.slots.uploaded_bytes, layer.slots.upload_seconds = 0, 0.0
+            if layer.slots.host is not None:
+                layer.slots.host.reset_stats()
         self.store.reset_stats()
 
     def close(self) -> None:

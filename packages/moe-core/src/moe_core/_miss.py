@@ -3,9 +3,12 @@
 `Exact` (the default) reads them before computing and calls the original bank on the slots, the
 same kernel with the same arguments, so outputs are identical to the unmodified model's; when one
 step needs more experts than there are slots (prefill at low capacity) it runs the bank in waves,
-each touched expert read once. `Skip` is lossy: it computes the resident experts only,
-renormalising as the model's own gate would, and reads the missing ones in the background for
-later steps. `LowBit` (`_lowbit.py`) is lossy too: it computes the missing experts from resident
+each touched expert read once. On GPUs a wave calls the kernel with the full step's shape (the
+other waves' choices pointed at one of its own slots) and keeps its rows: a call on fewer rows
+may pick another kernel whose sums differ in the last bits (measured on CUDA: 0.0156 at one
+token), while a call of the same shape gives each row the same bits whatever the others hold.
+`Skip` is lossy: it computes the resident experts only, renormalising as the model's own gate
+would, and reads the missing ones in the background for later steps. `LowBit` (`_lowbit.py`) is lossy too: it computes the missing experts from resident
 low-bit copies. A new mode is a new class with `forward`.
 """
 
@@ -34,9 +37,16 @@ class MissMode(Protocol):
     lossy: bool
 
     def forward(
-        self, bank: nn.Module, layer: Layer, x: mx.array, indices: mx.array, ids: np.ndarray
+        self,
+        bank: nn.Module,
+        layer: Layer,
+        x: mx.array,
+        indices: mx.array,
+        ids: np.ndarray,
+        predicted: np.ndarray | None = None,
     ) -> mx.array:
-        """The bank's output for `x` on the router's `indices` (`ids`: the same, on the host)."""
+        """The bank's output for `x` on the router's `indices` (`ids`: the same, on the host);
+        `predicted`: the next layer's likely experts, from the same host sync."""
         ...
 
     def stats(self) -> dict[str, int]: ...
@@ -45,28 +55,86 @@ class MissMode(Protocol):
 
 
 class Exact:
-    """Every selected expert is resident before its matmul."""
+    """Every selected expert is resident before its matmul.
+
+    `full_shape`: waves call the kernel with the whole step's shape (GPUs). `overlap` (staged
+    uploads only): a step with hits and misses computes its hits, full shape, while its misses
+    are read, then the misses, and keeps each row from its own call.
+    """
 
     name = "exact"
     lossy = False
-    __slots__ = ()
+    __slots__ = ("full_shape", "overlap")
 
-    def forward(self, bank, layer, x, indices, ids) -> mx.array:
+    def __init__(self, *, full_shape: bool = False, overlap: bool = False) -> None:
+        self.full_shape = full_shape
+        self.overlap = overlap
+
+    def forward(self, bank, layer, x, indices, ids, predicted=None) -> mx.array:
         needed = np.unique(ids).astype(np.int64)
-        reads = layer.reads
+        reads, cache = layer.reads, layer.cache
         reads.wait()
-        waves = layer.cache.step(needed)
+        reads.score(needed)
+        waves = cache.step(needed)
         wave = next(waves)
-        reads.load(wave.loads)
         if wave.experts.size == needed.size:
-            out = bank(x, mx.array(layer.cache.slot_of[ids].astype(np.uint32)))
-            reads.after_step(x, needed.size)
+            hits = wave.experts.size - len(wave.loads)
+            if self.overlap and wave.loads and hits and layer.slots.host is not None:
+                out = self._hits_first(bank, layer, x, ids, wave)
+            else:
+                reads.load(wave.loads)
+                out = bank(x, mx.array(cache.slot_of[ids].astype(np.uint32)))
+            reads.after_step(predicted)
             return out
+        reads.load(wave.loads)
+        if self.full_shape:
+            return self._full_waves(bank, layer, x, ids, wave, waves)
         return self._in_waves(bank, layer, x, ids, wave, waves)
 
+    def _hits_first(self, bank, layer, x, ids, wave) -> mx.array:
+        """Compute the resident experts' rows while the misses are read, then the misses'."""
+        reads, slot_of = layer.reads, layer.cache.slot_of
+        missing = np.array([expert for expert, _ in wave.loads], dtype=np.int64)
+        reads.read_ahead(wave.loads, needed=True)  # into host rows; uploaded by `wait`
+        is_miss = np.isin(ids, missing)
+        slots = slot_of[ids]
+        hits = np.where(is_miss, slots[~is_miss].flat[0], slots).astype(np.uint32)
+        hit_rows = bank(x, mx.array(hits))
+        mx.async_eval(hit_rows)  # the uploads below touch only the misses' slots
+        reads.wait()
+        rest = np.where(is_miss, slots, slot_of[missing[0]]).astype(np.uint32)
+        miss_rows = bank(x, mx.array(rest))
+        return mx.where(mx.array(is_miss)[..., None], miss_rows, hit_rows)
+
+    def _full_waves(self, bank, layer, x, ids, wave, waves) -> mx.array:
+        """Waves, each a call of the full step's shape whose rows of other waves point at one
+        of its own slots; each row is kept from its own wave's call."""
+        reads, staged = layer.reads, layer.slots.host is not None
+        out = None
+        while True:
+            in_wave = np.isin(ids, wave.experts)  # [..., k]
+            filler = layer.cache.slot_of[wave.experts[0]]
+            slots = np.where(in_wave, layer.cache.slot_of[ids], filler).astype(np.uint32)
+            rows = bank(x, mx.array(slots))  # [..., k, D]
+            out = rows if out is None else mx.where(mx.array(in_wave)[..., None], rows, out)
+            wave = next(waves, None)
+            if wave is not None and staged:
+                # Staged (CUDA): this wave's experts are on the device already, so the next
+                # wave's reads into host rows overlap its compute.
+                reads.read_ahead(wave.loads, needed=True)
+            # The next wave overwrites these slots: finish this one first.
+            mx.eval(out)
+            if wave is None:
+                return out
+            if staged:
+                reads.wait()
+            else:
+                reads.load(wave.loads)
+
     def _in_waves(self, bank, layer, x, ids, wave, waves) -> mx.array:
-        """Run the bank over (token, choice) pairs wave by wave, then put rows back in order."""
-        reads, staged = layer.reads, layer.slots.staged is not None
+        """Run the bank over (token, choice) pairs wave by wave, then put rows back in order
+        (the CPU backend, whose kernel gives a row the same bits in a call of any size)."""
+        reads, staged = layer.reads, layer.slots.host is not None
         *lead, k = ids.shape
         flat_x = x.reshape(-1, x.shape[-1])  # [N, D]
         flat_ids = ids.reshape(-1, k)  # [N, k]
@@ -78,7 +146,7 @@ class Exact:
             wave = next(waves, None)
             if wave is not None and staged:
                 # Staged (CUDA): this wave's experts are on the device already, so the next
-                # wave's reads into the host buffers overlap its compute.
+                # wave's reads into host rows overlap its compute.
                 reads.read_ahead(wave.loads, needed=True)
             # The next wave overwrites these slots: finish this one first.
             mx.eval(out)
@@ -112,7 +180,7 @@ class Skip:
         self.router = router
         self.skipped = 0  # expert choices left out
 
-    def forward(self, bank, layer, x, indices, ids) -> mx.array:
+    def forward(self, bank, layer, x, indices, ids, predicted=None) -> mx.array:
         reads, cache = layer.reads, layer.cache
         reads.wait()  # the experts this layer's previous step started reading
         slot = cache.lookup(ids)
@@ -146,11 +214,14 @@ class Skip:
         self.skipped = 0
 
 
-def make_miss(name: str, block: nn.Module, *, copies: nn.Module | None = None) -> MissMode:
+def make_miss(
+    name: str, block: nn.Module, *, copies: nn.Module | None = None, full_shape: bool = False
+) -> MissMode:
     """The miss mode `name` for the MoE block `block` (whose bank it serves); `copies`: the
-    bank's low-bit twin, for `lowbit`."""
+    bank's low-bit twin, for `lowbit`; `full_shape`: exact waves keep the step's kernel shape
+    (GPU backends)."""
     if name == "exact":
-        return Exact()
+        return Exact(full_shape=full_shape)
     if name == "skip":
         return Skip(tap_router(block))
     if name == "lowbit":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from ._backend import Backend, detect_backend
 from ._bank import Layer, OffloadedBank
@@ -21,6 +22,7 @@ from ._checkpoint import BankMap, find_banks
 from ._errors import CheckpointError, MoEError
 from ._geometry import Geometry, block_of, describe
 from ._handle import OffloadHandle
+from ._host import HostRows, HostTier, Staging, aligned_empty
 from ._lowbit import LOWBIT_BITS, make_copies
 from ._miss import MISS_MODES, make_miss
 from ._observers import DeviceCounts, Observers
@@ -28,7 +30,7 @@ from ._pack import PACK_NAME, open_pack
 from ._plan import Plan, plan_budget
 from ._policy import DEFAULT_POLICY, POLICIES
 from ._reads import Lookahead, Reader
-from ._slots import SlotMemory
+from ._slots import MLXUploader, SlotMemory
 from ._store import ExpertStore
 
 
@@ -47,6 +49,7 @@ def offload(
     lookahead: bool = True,
     backend: Backend | None = None,
     lowbit_bits: int = LOWBIT_BITS,
+    host_memory: int | str | None = None,
 ) -> OffloadHandle:
     """Replace every expert bank of a lazily loaded mlx-lm `model` with an offloaded one.
 
@@ -64,6 +67,10 @@ def offload(
     expert file (`moe pack`); "auto" uses `experts.moepack` beside the checkpoint when there is
     one for this very checkpoint. `lookahead` lets each layer start reading the experts the
     next layer's router is likely to pick.
+
+    On CUDA `memory` is GPU memory, and `host_memory` (bytes or text; 0 for none) sizes a
+    second tier of experts in host RAM between the GPU's slots and the checkpoint; by default
+    it takes half of what the host has available. Elsewhere (one memory) it is refused.
     """
     if miss not in MISS_MODES:
         raise ValueError(f"unknown miss mode {miss!r}; choose one of {', '.join(MISS_MODES)}")
@@ -83,8 +90,9 @@ def offload(
             reserve=reserve,
             backend=backend,
             lowbit_bits=lowbit_bits if miss == "lowbit" else 0,
+            host_memory=host_memory,
         )
-    elif capacity is not None or memory is not None or reserve:
+    elif capacity is not None or memory is not None or reserve or host_memory is not None:
         raise ValueError("give a plan, or capacity or memory to plan with, not both")
     _check_plan(plan, geometry, backend)
     if (miss == "lowbit") != bool(plan.lowbit_bits):
@@ -99,18 +107,24 @@ def offload(
     maps = _packed_maps(geometry, packed)
     store = ExpertStore(maps, threads=threads)
     observers = Observers()
+    staging = None if backend.unified_memory else Staged(backend.name == "cuda")
+    tier = plan.host_capacity or (0,) * len(maps)
     layers = []
-    for (path, bank), bank_map, capacity in zip(banks, maps, plan.capacity, strict=True):
+    for (path, bank), bank_map, capacity, rows in zip(
+        banks, maps, plan.capacity, tier, strict=True
+    ):
         index, experts = bank_map.index, bank_map.num_experts
         cache = ExpertCache(experts, capacity, policy)
         cache.on_evict = functools.partial(observers.evicted, index)
         slots = SlotMemory(bank, bank_map, capacity, direct=backend.unified_memory)
+        if staging is not None:
+            staging.attach(slots, bank_map, cache, rows, policy)
         reads = Reader(bank_map, cache, slots, store, observers)
         block, name = block_of(model, path)
         counts = DeviceCounts(index, experts, observers)
         copies = make_copies(bank, bank_map, store, plan.lowbit_bits) if plan.lowbit_bits else None
-        miss_mode = make_miss(miss, block, copies=copies)
-        layer = Layer(bank_map, cache, slots, reads, miss_mode, counts, observers)
+        mode = make_miss(miss, block, copies=copies, full_shape=backend.full_shape_waves)
+        layer = Layer(bank_map, cache, slots, reads, mode, counts, observers)
         setattr(block, name, OffloadedBank(bank, layer))
         layers.append(layer)
     if lookahead and miss == "exact":
@@ -124,6 +138,43 @@ def offload(
         store.reset_stats()  # making the copies read every expert once: not the model's misses
     mx.clear_cache()
     return OffloadHandle(model, geometry, plan, layers, store, backend, observers)
+
+
+class Staged:
+    """Where the GPU has memory of its own: each layer's host side (staging rows, or its host
+    tier) and its uploader; on CUDA pinned memory and the driver's copies, elsewhere (the CPU
+    tests that force this path) plain memory and uploads through MLX."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.allocate = aligned_empty
+        self.uploader = None
+        self.checked = False
+        if cuda:
+            from . import _cuda
+
+            self.cuda = _cuda
+            self.allocate = _cuda.driver().pinned
+            self.uploader = _cuda.CUDAUploader
+
+    def attach(
+        self, slots: SlotMemory, bank_map: BankMap, cache: ExpertCache, rows: int, policy: str
+    ) -> None:
+        arrays = [getattr(proj, name) for proj, name in slots.staged]
+        if rows > 0:
+            rows = max(rows, cache.capacity)
+            host_rows = HostRows(bank_map, rows, self.allocate)
+            host = HostTier(host_rows, rows, policy, cache)
+        else:
+            host = Staging(HostRows(bank_map, cache.capacity, self.allocate))
+        if self.uploader is None:
+            slots.stage_through(host, MLXUploader(slots.staged))
+            return
+        uploader = self.uploader(arrays)
+        if not self.checked:  # once per process: the bytes arrive where MLX computes
+            row = np.arange(uploader.nbytes[0], dtype=np.uint64).astype(np.uint8)
+            self.cuda.check_uploads(arrays[0], uploader, row)
+            self.checked = True
+        slots.stage_through(host, uploader)
 
 
 def _check_plan(plan: Plan, geometry: Geometry, backend: Backend) -> None:

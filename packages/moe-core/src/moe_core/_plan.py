@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._backend import Backend, detect_backend
+from ._backend import Backend, CPUBackend, detect_backend
 from ._errors import BudgetError
 from ._geometry import Geometry
+from ._host import row_bytes
 from ._lowbit import lowbit_expert_bytes
 from ._size import format_sizes, parse_size
 
@@ -37,6 +38,10 @@ class Plan:
     # and its bytes per MoE layer, taken from the same budget as the slots
     lowbit_bits: int = 0
     lowbit_bytes: tuple[int, ...] = ()
+    # CUDA's second tier: experts per MoE layer kept in host memory (empty: none), and the host
+    # memory that was given or derived for it
+    host_capacity: tuple[int, ...] = ()
+    host_memory: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.capacity) != len(self.expert_bytes):
@@ -47,6 +52,8 @@ class Plan:
         for i, (c, e) in enumerate(zip(self.capacity, self.num_experts, strict=False)):
             if not 1 <= c <= e:
                 raise BudgetError(f"capacity of MoE layer {i} must be in 1..{e}, got {c}")
+        if self.host_capacity and len(self.host_capacity) != len(self.capacity):
+            raise ValueError("the plan's host tier does not list every MoE layer")
 
     @property
     def slot_bytes(self) -> int:
@@ -62,6 +69,7 @@ def plan_budget(
     reserve: int | str = 0,
     backend: Backend | None = None,
     lowbit_bits: int = 0,
+    host_memory: int | str | None = None,
 ) -> Plan:
     """The slots per MoE layer for `capacity` (one number or one per layer) or `memory` (bytes
     or text such as "16GB" the whole process may use), not both; with neither, what the backend
@@ -69,6 +77,11 @@ def plan_budget(
 
     `lowbit_bits` (the lossy `lowbit` miss mode): a copy of every expert at that many bits is
     kept resident too, and its bytes come out of `memory` before the slots'.
+
+    Where the GPU has memory of its own (CUDA), `memory` is GPU memory and `host_memory` sizes
+    a second tier of experts in host RAM (0: none); without it, the tier takes half of what
+    the host has available (the cgroup's limit included). Where there is one memory (CPU,
+    Metal), `host_memory` is refused.
 
     Nothing is loaded, so a tool can show what fits first; raises `BudgetError` when `memory`
     cannot hold the smallest working set.
@@ -108,7 +121,8 @@ def plan_budget(
                 raise BudgetError(f"capacity of MoE layer {i} must be at least 1, got {c}")
             caps[i] = min(c, e)
         reason = "capacity given" + _lowbit_reason(lowbit, expert_bytes, lowbit_bits)
-        return Plan(tuple(caps), reason, None, **common)
+        tier, why = _host_tier(geometry, tuple(caps), host_memory, backend)
+        return Plan(tuple(caps), reason + why, None, **common, **tier)
 
     given = memory is not None
     memory = memory if memory is not None else backend.available_memory()
@@ -140,7 +154,46 @@ def plan_budget(
         f"{budget} {source}: {kept} for the process, non-expert weights, scratch and "
         f"reserve{' and low-bit copies' if lowbit else ''} leaves room for {room}"
     ) + _lowbit_reason(lowbit, expert_bytes, lowbit_bits)
-    return Plan(caps, reason, memory, **common)
+    tier, why = _host_tier(geometry, caps, host_memory, backend)
+    return Plan(caps, reason + why, memory, **common, **tier)
+
+
+def _host_tier(
+    geometry: Geometry, caps: tuple[int, ...], host_memory: int | str | None, backend: Backend
+) -> tuple[dict, str]:
+    """The host tier's experts per layer (as `Plan` fields) and what to add to the reason."""
+    if backend.unified_memory:
+        if host_memory is not None:
+            raise BudgetError(
+                f"--host-memory is for CUDA, where the GPU has memory of its own; on "
+                f"{backend.name} there is one memory, which --memory sizes"
+            )
+        return {}, ""
+    given = host_memory is not None
+    size = parse_size(host_memory) if given else CPUBackend().available_memory() // 2
+    rows = [row_bytes(bank) for bank in geometry.banks]
+    per_row = sum(rows)  # one expert in every MoE layer
+    held = size // per_row if per_row else 0
+    tier = tuple(int(min(held, e)) for e in geometry.num_experts)
+    # The tier holds what the GPU holds too (it is inclusive): no larger than the slots, it
+    # would only stage.
+    if size == 0 or held <= max(caps):
+        if given and size:
+            need = format_sizes(max(c + 1 for c in caps) * per_row)[0]
+            raise BudgetError(
+                f"host memory {format_sizes(size)[0]} holds {held} experts per layer, no more "
+                f"than the GPU's slots: give at least {need}, or 0 for no host tier"
+            )
+        return {"host_memory": 0}, ""
+    used = sum(h * r for h, r in zip(tier, rows, strict=True))
+    source = "given" if given else "half of the host's available memory"
+    most = max(geometry.num_experts)
+    room = "every expert" if min(tier) == most else f"{min(tier)} of {most} experts per layer"
+    (text,) = format_sizes(used)
+    return {
+        "host_capacity": tier,
+        "host_memory": size,
+    }, f"; host tier ({source}): {text} for {room}"
 
 
 def _lowbit_bytes(geometry: Geometry, bits: int) -> tuple[int, ...]:

@@ -11,7 +11,9 @@ while a file was bad cannot fail a later step once the file is good again.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -30,13 +32,16 @@ class Reader:
     __slots__ = (
         "ahead",
         "cache",
+        "expected",
         "map",
         "needed",
         "observers",
         "pending",
         "pending_loads",
+        "scored",
         "slots",
         "source",
+        "waited",
     )
 
     def __init__(
@@ -56,18 +61,24 @@ class Reader:
         self.pending_loads: list[tuple[int, int]] = []  # what `pending` reads
         self.needed = False  # whether a step relies on `pending` (else it is speculative)
         self.ahead: Lookahead | None = None  # predicts the next MoE layer's experts
+        self.waited = 0.0  # seconds this layer's steps waited for reads
+        self.expected: np.ndarray | None = None  # experts the previous layer predicted
+        self.scored = PredictionScore()
 
     def wait(self) -> None:
         """Let reads started ahead land (and, staged, upload them) before computing."""
         if self.pending is not None:
             pending, self.pending = self.pending, None
             loads, self.pending_loads = self.pending_loads, []
+            start = time.perf_counter()
             try:
                 pending.result()
             except BaseException as e:
                 self._failed(loads)
                 if self.needed or not isinstance(e, Exception):
                     raise
+            finally:
+                self.waited += time.perf_counter() - start
         self.slots.upload()
 
     def load(self, loads: list[tuple[int, int]]) -> None:
@@ -75,12 +86,15 @@ class Reader:
         if not loads:
             return
         self.observers.read(self.map.index, loads)
+        reads = self.slots.stage(loads)
+        start = time.perf_counter()
         try:
-            self.source.submit(self.map, loads, self.slots.views).result()
+            self._submit(reads, ahead=False).result()
         except BaseException:
             self._failed(loads)
             raise
-        self.slots.filled(slot for _, slot in loads)
+        finally:
+            self.waited += time.perf_counter() - start
         self.slots.upload()
 
     def read_ahead(self, loads: list[tuple[int, int]], *, needed: bool = False) -> None:
@@ -88,9 +102,14 @@ class Reader:
         `needed`: a step relies on them, so a failure is its error (else only undone)."""
         if loads:
             self.observers.read(self.map.index, loads)
-            self.pending = self.source.submit(self.map, loads, self.slots.views)
+            reads = self.slots.stage(loads)
+            self.pending = self._submit(reads, ahead=True)
             self.pending_loads, self.needed = loads, needed
-            self.slots.filled(slot for _, slot in loads)
+
+    def _submit(self, reads: list[tuple[int, int]], *, ahead: bool) -> Future[None]:
+        return self.source.submit(
+            self.map, reads, self.slots.rows, ahead=ahead, direct=self.slots.direct_io
+        )
 
     def prefetch(self, experts: np.ndarray) -> None:
         """Start reading `experts` in the background, admitted by the cache's policy."""
@@ -101,15 +120,22 @@ class Reader:
         """The lookahead expects `experts` at this layer's next step: tell the cache (its policy
         may protect them) and start reading the absent ones."""
         self.wait()
+        self.expected = experts
         self.read_ahead(self.cache.predict(experts))
 
-    def after_step(self, x: mx.array, needed: int) -> None:
-        """A step that needed `needed` experts has been planned: predict the next layer's
-        experts from this layer's input, and fill a layer whose slots can hold all of its."""
-        ahead = self.ahead
-        # Decode-sized steps only: a prefill chunk touches most experts anyway.
-        if ahead is not None and needed * 2 <= ahead.next.cache.capacity:
-            ahead.start(x)
+    def score(self, needed: np.ndarray) -> None:
+        """This step needs `needed`: how well the previous layer's prediction named them."""
+        expected, self.expected = self.expected, None
+        if expected is not None:
+            self.scored.add(expected, needed)
+
+    def after_step(self, predicted: np.ndarray | None) -> None:
+        """A step has been planned: start reading the next layer's `predicted` experts (from
+        this step's host sync, see `Lookahead`), and fill a layer whose slots can hold all of
+        its experts."""
+        if predicted is not None and self.ahead is not None:
+            self.ahead.predicted += int(predicted.size)
+            self.ahead.next.predict(predicted)
         self.complete()
 
     def complete(self) -> None:
@@ -129,12 +155,34 @@ class Reader:
         """A read failed: free every slot the batch was filling (which of its reads failed is
         not known), so the next step reads them again."""
         self.cache.forget(np.array([expert for expert, _ in loads], dtype=np.int64))
-        self.slots.discard(slot for _, slot in loads)
+        self.slots.discard(loads)
+
+
+@dataclass(slots=True)
+class PredictionScore:
+    """How the experts predicted for a layer compare with those its next step needed."""
+
+    predicted: int = 0  # experts predicted
+    used: int = 0  # of which the step needed
+    needed: int = 0  # experts needed by steps that had a prediction
+
+    def add(self, predicted: np.ndarray, needed: np.ndarray) -> None:
+        self.predicted += int(predicted.size)
+        self.needed += int(needed.size)
+        self.used += int(np.intersect1d(predicted, needed, assume_unique=True).size)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "prediction_used": self.used,
+            "prediction_precision": self.used / self.predicted if self.predicted else 0.0,
+            "prediction_recall": self.used / self.needed if self.needed else 0.0,
+        }
 
 
 class Lookahead:
     """The next MoE layer's router, applied to this layer's input, names most of the experts the
-    next layer will pick, so their reads overlap this layer's compute."""
+    next layer will pick, so their reads overlap this layer's compute. Its picks are computed
+    with this layer's routing and brought to the host in the same sync (`picks`)."""
 
     __slots__ = ("next", "predicted", "router", "seen_misses", "skipped", "top_k")
 
@@ -146,22 +194,20 @@ class Lookahead:
         self.skipped = 0  # steps not predicted
         self.seen_misses = 0  # the next layer's misses when it was last predicted
 
-    def start(self, x: mx.array) -> None:
+    def picks(self, x: mx.array, choices: int) -> mx.array | None:
+        """The next layer's likely choices for `x` (lazy), or None where predicting does not
+        pay: a step of `choices` (token, expert) pairs too large for decode, a next layer
+        holding every expert, or one that has been hitting."""
         nxt = self.next
-        if nxt.slots.table is not None:  # every expert of the next layer is resident
-            return
-        # Predicting costs a host sync; when the next layer has been hitting, it only slows decode.
+        if nxt.slots.table is not None or choices * 2 > nxt.cache.capacity:
+            return None
         misses = nxt.cache.stats.misses
         if misses == self.seen_misses:
             self.skipped += 1
             if self.skipped % 8:
-                return
+                return None
         self.seen_misses = misses
         scores = self.router(x)
         if isinstance(scores, tuple):  # MoEGate-style routers return (indices, scores)
-            picks = scores[0]
-        else:
-            picks = mx.argpartition(scores, kth=-self.top_k, axis=-1)[..., -self.top_k :]
-        experts = np.unique(np.array(picks)).astype(np.int64)
-        self.predicted += int(experts.size)
-        nxt.predict(experts)
+            return scores[0]
+        return mx.argpartition(scores, kth=-self.top_k, axis=-1)[..., -self.top_k :]
