@@ -99,7 +99,7 @@ def test_demoted_experts_come_back_identical(moe_checkpoint):
     """Experts copied down from the slots (not read again from storage) are the same bytes."""
     path = moe_checkpoint("qwen3_next", "stacked", "q4", num_experts=32)
     top_k = max(geometry_of(path).top_k)
-    model, handle, tokens = same_as_reference(
+    _, handle, _ = same_as_reference(
         path, capacity=top_k, backend=STAGED, host_memory=host_bytes(path, 24)
     )
     assert handle.stats()["host_demoted"] > 0
@@ -203,9 +203,7 @@ def test_lookahead_predicts_in_the_layer_sync(moe_checkpoint, monkeypatch):
 def test_host_memory_is_refused_where_there_is_one_memory(moe_checkpoint):
     geometry = geometry_of(moe_checkpoint("qwen3_moe", "stacked", "q4"))
     with pytest.raises(moe_core.BudgetError, match="--host-memory is for CUDA"):
-        moe_core.plan_budget(
-            geometry, capacity=4, host_memory="1GB", backend=moe_core.CPUBackend()
-        )
+        moe_core.plan_budget(geometry, capacity=4, host_memory="1GB", backend=moe_core.CPUBackend())
 
 
 def test_host_tier_sizes(moe_checkpoint):
