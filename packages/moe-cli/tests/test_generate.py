@@ -90,3 +90,9 @@ def test_skip_says_what_it_skipped_and_which_warm_state_it_used(
     second = run(*args)
     assert second.exit_code == 0, second.stderr
     assert f"warm start: restored from {tmp_path}" in second.stderr
+
+
+def test_host_memory_is_refused_with_one_memory(run, checkpoint, one_line_error):
+    one_line_error(
+        run("generate", checkpoint, "hi", "--host-memory", "2GB"), "--host-memory is for CUDA"
+    )

@@ -105,3 +105,35 @@ def test_not_an_moe_model(run, dense_checkpoint, one_line_error):
 
 def test_bad_memory_value(run, checkpoint, one_line_error):
     one_line_error(run("inspect", checkpoint, "--memory", "12XB"), "12XB")
+
+
+def test_host_memory_is_refused_with_one_memory(run, checkpoint, one_line_error):
+    one_line_error(
+        run("inspect", checkpoint, "--host-memory", "1GB", "--disk-mbps", "100"),
+        "--host-memory is for CUDA",
+    )
+
+
+def test_two_tiers_and_their_speeds(run, checkpoint, monkeypatch):
+    """Where the GPU has memory of its own (stood in for by a staged CPU backend): the host
+    tier is shown, and its predicted decode speed beats the GPU tier's alone."""
+    import moe_core
+    import moe_core._plan
+
+    staged = moe_core.CPUBackend(unified_memory=False)
+    monkeypatch.setattr(moe_core, "detect_backend", lambda: staged)
+    monkeypatch.setattr(moe_core._plan, "detect_backend", lambda: staged)
+    report = inspect_json(
+        run, checkpoint, "--capacity", "2", "--host-memory", "1GB", "--disk-mbps", "100"
+    )
+    fit, prediction = report["fit"], report["prediction"]
+    assert fit["host_capacity"] == report["experts"] and fit["host_memory"] == 10**9
+    tier = prediction["host_tier"]
+    assert tier["mb_read_per_token"] == [0.0, 0.0]  # every expert in the two tiers
+    assert all(
+        t is not None and t > s for t, s in zip(tier["tok_s"], prediction["tok_s"], strict=True)
+    )
+    text = run(
+        "inspect", checkpoint, "--capacity", "2", "--host-memory", "1GB", "--disk-mbps", "100"
+    )
+    assert "host tier" in text.stdout and "with host" in text.stdout

@@ -30,6 +30,16 @@ MemoryOpt = Annotated[
         show_default=False,
     ),
 ]
+HostMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--host-memory",
+        help="CUDA only: host RAM for a second tier of experts between the GPU (sized by "
+        "--memory) and the disk, with a unit, or 0 for none (default: half of what the host "
+        "has available). Refused on CPU and Metal, which have one memory.",
+        show_default=False,
+    ),
+]
 CapacityOpt = Annotated[
     int | None,
     typer.Option(
@@ -103,14 +113,14 @@ def _describe(e: Exception) -> str:
     return text[0] if text else type(e).__name__
 
 
-def parse_memory(memory: str | None) -> int | None:
+def parse_memory(memory: str | None, option: str = "--memory") -> int | None:
     """`--memory` in bytes; a bad value is a ValueError that `user_errors` turns into one line.
-    A bare number is refused: `--memory 12` meant 12 GB far more often than 12 bytes."""
+    A bare number is refused: `--memory 12` meant 12 GB far more often than 12 bytes (0 is 0)."""
     if memory is None:
         return None
-    if memory.strip().replace(".", "", 1).isdigit():
+    if memory.strip().replace(".", "", 1).isdigit() and float(memory) != 0:
         raise ValueError(
-            f"--memory {memory}: give a unit, e.g. {memory.strip()}GB or {memory.strip()}MiB"
+            f"{option} {memory}: give a unit, e.g. {memory.strip()}GB or {memory.strip()}MiB"
         )
     from moe_core import parse_size
 
@@ -136,10 +146,18 @@ def progress_bar(*columns):
     )
 
 
-def open_session(model: str | None, *, memory: str | None = None, **options: Any):
+def open_session(
+    model: str | None,
+    *,
+    memory: str | None = None,
+    host_memory: str | None = None,
+    **options: Any,
+):
     """A `moe_runtime.Session` for `model` (the demo model when None), with a spinner while it
     loads and warms its cache."""
     memory_bytes = parse_memory(memory)
+    if host_memory is not None:
+        options["host_memory"] = parse_memory(host_memory, option="--host-memory")
     from moe_runtime import Session
 
     name = model or "the demo model"

@@ -12,6 +12,7 @@ import typer
 
 from ._common import (
     CapacityOpt,
+    HostMemoryOpt,
     KVBitsOpt,
     MemoryOpt,
     MissOpt,
@@ -37,6 +38,7 @@ def chat(
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
     seed: Annotated[int | None, typer.Option("--seed", show_default=False)] = None,
     memory: MemoryOpt = None,
+    host_memory: HostMemoryOpt = None,
     capacity: CapacityOpt = None,
     profile: ProfileOpt = None,
     policy: PolicyOpt = None,
@@ -48,6 +50,7 @@ def chat(
         session = open_session(
             model,
             memory=memory,
+            host_memory=host_memory,
             capacity=capacity,
             profile=profile,
             policy=policy,

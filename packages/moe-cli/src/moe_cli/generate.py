@@ -13,6 +13,7 @@ import typer
 
 from ._common import (
     CapacityOpt,
+    HostMemoryOpt,
     KVBitsOpt,
     MemoryOpt,
     MissOpt,
@@ -56,6 +57,7 @@ def generate(
         ),
     ] = None,
     memory: MemoryOpt = None,
+    host_memory: HostMemoryOpt = None,
     capacity: CapacityOpt = None,
     profile: ProfileOpt = None,
     policy: PolicyOpt = None,
@@ -80,6 +82,7 @@ def generate(
         session = open_session(
             model,
             memory=memory,
+            host_memory=host_memory,
             capacity=capacity,
             profile=profile,
             policy=policy,

@@ -11,6 +11,7 @@ import typer
 
 from ._common import (
     CapacityOpt,
+    HostMemoryOpt,
     MemoryOpt,
     ModelArg,
     describe_capacity,
@@ -24,6 +25,10 @@ from ._common import (
 # at small-to-middling capacities; a uniform router would do worse, a skewed one better.
 ASSUMED_HIT_RATES = (0.5, 0.9)
 
+# Host-to-GPU copy speed assumed for the host tier's predicted decode speed: PCIe 4.0 x16's
+# usable rate (an H200 moved pinned expert rows at 45.6 GB/s, benchmarks/speed_gpu.py).
+ASSUMED_BUS_MBPS = 20_000
+
 # Config keys that announce always-on shared experts, and how to count them.
 _SHARED_KEYS = ("n_shared_experts", "num_shared_experts", "shared_expert_intermediate_size")
 
@@ -31,6 +36,7 @@ _SHARED_KEYS = ("n_shared_experts", "num_shared_experts", "shared_expert_interme
 def inspect(
     model: ModelArg = None,
     memory: MemoryOpt = None,
+    host_memory: HostMemoryOpt = None,
     capacity: CapacityOpt = None,
     profile: Annotated[
         Path | None,
@@ -55,7 +61,12 @@ def inspect(
     """Show a model's experts, what fits in memory and the decode speed the disk allows."""
     with user_errors():
         report = build_report(
-            model, memory=memory, capacity=capacity, profile=profile, disk_mbps=disk_mbps
+            model,
+            memory=memory,
+            host_memory=host_memory,
+            capacity=capacity,
+            profile=profile,
+            disk_mbps=disk_mbps,
         )
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -67,6 +78,7 @@ def build_report(
     model: str | None,
     *,
     memory: str | None,
+    host_memory: str | None = None,
     capacity: int | None = None,
     profile: Path | None = None,
     disk_mbps: float | None,
@@ -74,6 +86,7 @@ def build_report(
     from ._common import parse_memory
 
     memory_bytes = parse_memory(memory)
+    host_bytes = parse_memory(host_memory, option="--host-memory")
 
     import moe_core
     from moe_runtime import load_checked, resolve_model
@@ -100,19 +113,30 @@ def build_report(
         "total_bytes": all_expert_bytes + geometry.dense_bytes,
     }
 
+    backend = moe_core.detect_backend()
+    if host_bytes and backend.unified_memory:
+        raise ValueError(
+            f"--host-memory is for CUDA, where the GPU has memory of its own; on {backend.name} "
+            "there is one memory, which --memory sizes"
+        )
     try:
-        budget = moe_core.plan_budget(geometry, memory=memory_bytes, capacity=capacity)
+        budget = moe_core.plan_budget(
+            geometry, memory=memory_bytes, capacity=capacity, host_memory=host_bytes
+        )
     except moe_core.BudgetError as e:
         report["fit"] = {"fits": False, "reason": str(e)}
-        slots = None
+        slots = host = None
     else:
         slots = list(budget.capacity)
+        host = list(budget.host_capacity) or None
         report["fit"] = {
             "fits": True,
             "memory": budget.memory,
             "backend": budget.backend,
             "capacity": _one_or_list(slots),
             "all_experts_fit": slots == experts,
+            "host_memory": budget.host_memory,
+            "host_capacity": host and _one_or_list(host),
             "reason": budget.reason,
         }
 
@@ -128,7 +152,34 @@ def build_report(
         report["disk"] = {"mb_per_s": disk_mbps, "measured": False}
     if slots is not None:
         report["prediction"] = predict(geometry, slots, disk_mbps, known)
+        if host is not None:
+            report["prediction"]["host_tier"] = predict_tiers(
+                geometry, slots, host, disk_mbps, known
+            )
     return report
+
+
+def predict_tiers(
+    geometry, capacity: list[int], host: list[int], disk_mbps: float, profile: dict | None
+) -> dict:
+    """Decode speed with the host tier (CUDA): a GPU miss the tier holds is copied at the bus's
+    speed, one it lacks is read from disk. Ceilings, as `predict`'s: compute is not counted."""
+    gpu = predict(geometry, capacity, disk_mbps, profile)
+    both = predict(geometry, host, disk_mbps, profile)  # the tier holds what the GPU holds too
+    tok_s = []
+    for gpu_mb, disk_mb in zip(gpu["mb_read_per_token"], both["mb_read_per_token"], strict=True):
+        seconds = (gpu_mb - disk_mb) / ASSUMED_BUS_MBPS + disk_mb / disk_mbps
+        tok_s.append(1 / seconds if seconds > 0 else None)
+    return {
+        "hit_rate": both["hit_rate"],
+        "hit_rate_source": both["hit_rate_source"],
+        "mb_from_host_per_token": [
+            g - d for g, d in zip(gpu["mb_read_per_token"], both["mb_read_per_token"], strict=True)
+        ],
+        "mb_read_per_token": both["mb_read_per_token"],
+        "bus_mb_per_s": ASSUMED_BUS_MBPS,
+        "tok_s": tok_s,
+    }
 
 
 def predict(geometry, capacity: list[int], disk_mbps: float, profile: dict | None) -> dict:
@@ -229,7 +280,15 @@ def print_report(r: dict) -> None:
             else describe_capacity(capacity, per_layer)
         )
         where = "as given" if fit["memory"] is None else f"in {human_bytes(fit['memory'])}"
-        out(f"fits         {what} {where} ({fit['backend']})")
+        gpu = " of GPU memory" if fit["backend"] == "cuda" else ""
+        out(f"fits         {what} {where}{gpu} ({fit['backend']})")
+        if fit.get("host_capacity"):
+            host = fit["host_capacity"]
+            host = host if isinstance(host, list) else [host] * r["moe_layers"]
+            out(
+                f"host tier    {describe_capacity(host, experts)} in "
+                f"{human_bytes(fit['host_memory'])} of host memory"
+            )
     out(f"profile      {'known' if r['profile'] else 'none known for this checkpoint'}")
     disk = r["disk"]
     out(f"disk         {disk['mb_per_s']:.0f} MB/s {'measured' if disk['measured'] else 'given'}")
@@ -243,6 +302,16 @@ def print_report(r: dict) -> None:
             speeds = " - ".join("compute-bound" if s is None else f"{s:.1f}" for s in p["tok_s"])
             out(
                 f"decode       up to {speeds} tok/s from disk at {rates} hit rate ({p['hit_rate_source']})"
+            )
+        tier = p.get("host_tier")
+        if tier:
+            lo, hi = tier["hit_rate"]
+            rates = f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
+            speeds = " - ".join("bus-bound" if s is None else f"{s:.1f}" for s in tier["tok_s"])
+            bus = tier["bus_mb_per_s"] / 1000
+            out(
+                f"  with host  up to {speeds} tok/s: GPU misses from the host tier at "
+                f"{bus:.0f} GB/s (assumed), the rest from disk at {rates} hit rate"
             )
     err_console.print("[dim]speeds count disk reads only; compute adds to each token[/]")
 

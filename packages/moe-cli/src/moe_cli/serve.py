@@ -16,6 +16,7 @@ import typer
 
 from ._common import (
     CapacityOpt,
+    HostMemoryOpt,
     KVBitsOpt,
     MemoryOpt,
     MissOpt,
@@ -97,6 +98,7 @@ def serve(
         ),
     ] = 5.0,
     memory: MemoryOpt = None,
+    host_memory: HostMemoryOpt = None,
     capacity: CapacityOpt = None,
     profile: ProfileOpt = None,
     policy: PolicyOpt = None,
@@ -169,6 +171,7 @@ def serve(
         session = open_session(
             model,
             memory=memory,
+            host_memory=host_memory,
             capacity=capacity,
             profile=profile,
             policy=policy,

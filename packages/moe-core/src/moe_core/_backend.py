@@ -165,6 +165,9 @@ def detect_backend() -> Backend:
         return MetalBackend()
     cuda = getattr(mx, "cuda", None)
     if cuda is not None and cuda.is_available():
+        from ._warmup import persist_kernel_cache
+
+        persist_kernel_cache()
         return CUDABackend()
     if not sys.platform.startswith("linux"):
         raise RuntimeError(f"no memory backend for the CPU on {sys.platform}")

@@ -23,6 +23,7 @@ from ._miss import MissMode
 from ._observers import DeviceCounts, Observers
 from ._reads import Reader
 from ._slots import SlotMemory
+from ._warmup import Warmup
 
 
 @dataclass(slots=True)
@@ -37,6 +38,7 @@ class Layer:
     counts: DeviceCounts
     observers: Observers  # shared by every layer of the handle
     closed: bool = False  # the handle was closed: its files and reader threads are gone
+    warmup: Warmup | None = None  # kernels compiling in helper processes (CUDA, fresh cache)
 
 
 class OffloadedBank(nn.Module):
@@ -52,6 +54,9 @@ class OffloadedBank(nn.Module):
         if layer.closed:
             raise MoEError("this model's offload handle is closed: offload a new model to run it")
         observers = layer.observers
+        if layer.warmup is not None:  # let the helpers finish compiling what this will run
+            layer.warmup.join()
+            layer.warmup = None
         # A layer holding every expert maps ids to slots on the device, with no host sync, for
         # one-token steps (whose k experts are distinct, so hits count as the synced path counts
         # them) unless an observer wants each step's ids on the host.

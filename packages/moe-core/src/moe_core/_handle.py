@@ -44,6 +44,7 @@ class OffloadHandle:
         self.store = store
         self.backend = backend
         self._observers = observers
+        self.warmup = None  # the kernel warm-up started with it (CUDA, fresh kernel cache)
 
     @property
     def capacity(self) -> list[int]:
@@ -202,6 +203,13 @@ class OffloadHandle:
             )
             if window
             else None,
+            "kernel_warmup": None
+            if self.warmup is None
+            else {
+                "helpers": len(self.warmup.processes),
+                "waited_s": self.warmup.seconds,
+                "failed": self.warmup.failed,
+            },
             "peak_memory": self.backend.peak_memory(),
             "budget": asdict(self.plan),
             "layers": per_layer,

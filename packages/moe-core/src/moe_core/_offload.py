@@ -8,6 +8,7 @@ yet: the banks' lazy expert arrays are replaced by slot tensors before anything 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from . import _warmup
 from ._backend import Backend, detect_backend
 from ._bank import Layer, OffloadedBank
 from ._cache import ExpertCache
@@ -136,8 +138,15 @@ def offload(
                 layer.reads.ahead = Lookahead(nxt.reads, router, k)
     if plan.lowbit_bits:
         store.reset_stats()  # making the copies read every expert once: not the model's misses
+    warmup = None
+    if backend.name == "cuda" and not os.environ.get(_HELPER):
+        warmup = _warmup.start(geometry.path)
+        for layer in layers:
+            layer.warmup = warmup
     mx.clear_cache()
-    return OffloadHandle(model, geometry, plan, layers, store, backend, observers)
+    handle = OffloadHandle(model, geometry, plan, layers, store, backend, observers)
+    handle.warmup = warmup
+    return handle
 
 
 class Staged:
@@ -175,6 +184,10 @@ class Staged:
             self.cuda.check_uploads(arrays[0], uploader, row)
             self.checked = True
         slots.stage_through(host, uploader)
+
+
+# Set in the kernel warm-up's helper processes, which must not start helpers of their own.
+_HELPER = "MOE_WARMUP_HELPER"
 
 
 def _check_plan(plan: Plan, geometry: Geometry, backend: Backend) -> None:

@@ -163,7 +163,7 @@ def _host_tier(
 ) -> tuple[dict, str]:
     """The host tier's experts per layer (as `Plan` fields) and what to add to the reason."""
     if backend.unified_memory:
-        if host_memory is not None:
+        if host_memory is not None and parse_size(host_memory) > 0:
             raise BudgetError(
                 f"--host-memory is for CUDA, where the GPU has memory of its own; on "
                 f"{backend.name} there is one memory, which --memory sizes"

@@ -73,6 +73,7 @@ class Session:
         model: str | Path | None = None,
         *,
         memory: int | str | None = None,
+        host_memory: int | str | None = None,
         capacity: int | list[int] | None = None,
         profile: str | Path | None = None,
         policy: str | None = None,
@@ -129,6 +130,7 @@ class Session:
             backend=backend,
             # the lossy `lowbit` mode's copies come out of the same budget
             lowbit_bits=moe_core.LOWBIT_BITS if miss == "lowbit" else 0,
+            host_memory=host_memory,
         )
         self.profile = None
         if profile is not None:
