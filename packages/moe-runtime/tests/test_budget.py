@@ -105,3 +105,24 @@ def test_lowbit_copies_come_out_of_the_session_budget(checkpoint, tmp_path, mlx_
         s.generate([{"role": "user", "content": "hello"}], max_tokens=4)
         stats = s.stats()
         assert stats["lossy"] and stats["miss"] == "lowbit" and stats["lowbit"] > 0
+
+
+def test_a_host_tier_through_the_session(ref, checkpoint, tmp_path, mlx_limits):
+    """Where the GPU has memory of its own (a staged CPU backend stands in): `host_memory` sizes
+    the second tier, and the session's text equals the unmodified model's."""
+    path = checkpoint("qwen3_moe")
+    staged = CPUBackend(unified_memory=False, full_shape_waves=True)
+    with open_session(path, staged, tmp_path, capacity=4, host_memory="1GB") as s:
+        stats = s.stats()
+        assert stats["host_tier"] and stats["budget"]["host_memory"] == 10**9
+        assert list(stats["budget"]["host_capacity"]) == s.handle.num_experts
+        messages = [{"role": "user", "content": "hello"}]
+        assert ref.run(s, messages, 6) == ref.tokens(path, messages, 6)
+        assert s.stats()["host_hits"] + s.stats()["host_misses"] > 0
+
+
+def test_host_memory_is_refused_where_there_is_one_memory(checkpoint, tmp_path, mlx_limits):
+    import moe_core
+
+    with pytest.raises(moe_core.BudgetError, match="--host-memory is for CUDA"):
+        open_session(checkpoint("qwen3_moe"), CPUBackend(), tmp_path, host_memory="1GB")

@@ -156,14 +156,14 @@ def shared_stream() -> ctypes.c_void_p:
         return _stream
 
 
-def check_uploads(array: mx.array, uploader: CUDAUploader, row: np.ndarray) -> None:
-    """Copy `row` into slot 0 of `array` (param 0) and read it back through MLX: the address
-    MLX gave is the memory it computes on. Raises if not."""
-    uploader.to_device(0, 0, row)
+def check_uploads(array: mx.array, uploader: CUDAUploader, row: np.ndarray, *, param: int) -> None:
+    """Copy `row` into slot 0 of `array` (the uploader's param `param`) and read it back through
+    MLX: the address MLX gave is the memory it computes on. Raises if not."""
+    uploader.to_device(param, 0, row)
     uploader.flush()
     viewed = array[0].view(mx.uint16) if array.dtype == mx.bfloat16 else array[0]
     got = np.array(viewed).reshape(-1).view(np.uint8)
     if not np.array_equal(got, row):
         raise CUDAError("bytes copied into an MLX array did not arrive: the upload path is broken")
-    uploader.to_device(0, 0, np.zeros_like(row))
+    uploader.to_device(param, 0, np.zeros_like(row))
     uploader.flush()

@@ -179,9 +179,10 @@ class Staged:
             slots.stage_through(host, MLXUploader(slots.staged))
             return
         uploader = self.uploader(arrays)
-        if not self.checked:  # once per process: the bytes arrive where MLX computes
-            row = np.arange(uploader.nbytes[0], dtype=np.uint64).astype(np.uint8)
-            self.cuda.check_uploads(arrays[0], uploader, row)
+        if not self.checked:  # once per process, each param: bytes arrive where MLX computes
+            for param, (array, nbytes) in enumerate(zip(arrays, uploader.nbytes, strict=True)):
+                row = (np.arange(nbytes, dtype=np.uint64) * 7 + param).astype(np.uint8)
+                self.cuda.check_uploads(array, uploader, row, param=param)
             self.checked = True
         slots.stage_through(host, uploader)
 

@@ -173,6 +173,8 @@ class PredictionScore:
 
     def as_dict(self) -> dict[str, float]:
         return {
+            "prediction_scored": self.predicted,
+            "prediction_needed": self.needed,
             "prediction_used": self.used,
             "prediction_precision": self.used / self.predicted if self.predicted else 0.0,
             "prediction_recall": self.used / self.needed if self.needed else 0.0,

@@ -134,6 +134,21 @@ class Metrics:
                 "Expert bytes read from disk.",
                 [("", int(stats["bytes_read"]))],
             )
+        if stats.get("host_tier"):
+            # CUDA's second tier: GPU misses it served, and those it read from disk.
+            for name, key, help_ in (
+                ("moe_host_tier_hits_total", "host_hits", "GPU misses served from host RAM."),
+                ("moe_host_tier_misses_total", "host_misses", "GPU misses read from disk."),
+                ("moe_host_tier_evictions_total", "host_evictions", "Host-tier evictions."),
+            ):
+                metric(name, "counter", help_, [("", int(stats.get(key, 0)))])
+        if stats.get("uploaded_bytes"):
+            metric(
+                "moe_expert_bytes_uploaded_total",
+                "counter",
+                "Expert bytes copied from host memory to the GPU.",
+                [("", int(stats["uploaded_bytes"]))],
+            )
         if ranks:
             for name, kind, help_, key in RANK_METRICS:
                 samples = [
