@@ -30,12 +30,23 @@ from pathlib import Path
 from types import SimpleNamespace
 
 
-def build(out: Path, *, layers: int, experts: int, skew: float, seed: int = 0) -> Path:
+def build(
+    out: Path,
+    *,
+    layers: int,
+    experts: int,
+    skew: float,
+    seed: int = 0,
+    overrides: dict | None = None,
+) -> Path:
     """Write the checkpoint with moe-testing's bulk builder (kept when it is already there);
     `skew` is the share of the first layer's routings the busiest 20% of experts should take."""
     from moe_testing import QWEN3_CODER_NEXT, BulkSpec, build_bulk_checkpoint
 
-    config = dict(QWEN3_CODER_NEXT, num_hidden_layers=layers, num_experts=experts)
+    # `overrides`: other config values, for a small dry run of a script on a CPU
+    config = dict(
+        QWEN3_CODER_NEXT, num_hidden_layers=layers, num_experts=experts, **(overrides or {})
+    )
     return build_bulk_checkpoint(BulkSpec(config, skew=skew, seed=seed), out)
 
 
@@ -234,6 +245,7 @@ def main() -> None:
         p.add_argument("--layers", type=int, default=48)
         p.add_argument("--experts", type=int, default=512)
         p.add_argument("--skew", type=float, default=0.65, help="top-20%% share")
+        p.add_argument("--set", action="append", default=[], help="config KEY=INT (dry runs)")
         p.add_argument("--memory", default="16GB")
         p.add_argument("--capacity", type=int, help="slots per layer, instead of --memory")
         p.add_argument("--profile", action="store_true", help="profile the decode (run only)")
@@ -248,7 +260,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "build":
         start = time.perf_counter()
-        build(args.dir, layers=args.layers, experts=args.experts, skew=args.skew)
+        overrides = {k: int(v) for k, v in (item.split("=", 1) for item in args.set)}
+        build(
+            args.dir, layers=args.layers, experts=args.experts, skew=args.skew, overrides=overrides
+        )
         print(json.dumps({"build_s": time.perf_counter() - start}))
         return
     if args.command == "run":

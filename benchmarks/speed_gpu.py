@@ -57,9 +57,8 @@ def contend(args) -> dict:
     handle = None
     if args.mode == "moe":
         backend = moe_core.CPUBackend(unified_memory=False) if args.staged_cpu else None
-        host = None if args.host_memory is None else moe_core.parse_size(args.host_memory)
         handle = moe_core.offload(
-            model, args.dir, capacity=args.capacity, host_memory=host, backend=backend
+            model, args.dir, capacity=args.capacity, host_memory=args.host_memory, backend=backend
         )
         for layer in handle.layers:
             layer.miss.overlap = args.overlap
@@ -67,7 +66,8 @@ def contend(args) -> dict:
     result = {"mode": args.mode, "load_s": time.perf_counter() - start, "requests": []}
     for seed in range(args.requests):
         rng = np.random.default_rng(seed)
-        prompt = mx.array(rng.integers(100, 100_000, size=args.prompt).tolist())
+        vocab = int(model.args.vocab_size)
+        prompt = mx.array(rng.integers(100, min(100_000, vocab), size=args.prompt).tolist())
         before = handle.stats() if handle else None
         tokens, ttft = [], None
         start = time.perf_counter()
@@ -369,8 +369,9 @@ def run_all(args) -> None:
     env_build = {"MLX_PTX_CACHE_DIR": str(build_cache)}
     if "build" not in raw:
         start = time.perf_counter()
+        sets = [x for item in args.set for x in ("--set", item)]
         subprocess.run([sys.executable, headline.__file__, "build", "--dir", str(disk_dir),
-                        "--layers", str(args.layers), "--experts", str(args.experts)],
+                        "--layers", str(args.layers), "--experts", str(args.experts), *sets],
                        check=True, env=dict(os.environ, **env_build))  # fmt: skip
         save("build", {"seconds": time.perf_counter() - start, "layers": args.layers,
                        "experts": args.experts, "checkpoint_gb": sum(
@@ -383,7 +384,7 @@ def run_all(args) -> None:
     save("fast_storage", shm_speed(shm))
     save("uploads", _child_json(args, ["uploads"], env_build))
 
-    cap = ["--capacity", str(args.capacity)]
+    cap = ["--capacity", str(args.capacity), "--host-memory", "0"]  # one tier, as on a Mac
     fresh = {"MLX_PTX_CACHE_DIR": str(kernels / "run")}  # empty: a fresh machine's cache
     fast = argparse.Namespace(**{**vars(args), "dir": shm})
     steps = [
@@ -403,7 +404,7 @@ def run_all(args) -> None:
     staging = args.capacity / args.experts * expert_gb
     base = args.process_gb * _GB
     for gb in args.host_tiers:
-        host = ["--host-memory", f"{gb}GB", "--requests", "2"]
+        host = ["--host-memory", f"{gb}GB", "--requests", "2"]  # replaces cap's 0
         # Capped at the process, its staging or host tier, and a little page cache.
         limit = int(base + (gb * _GB if gb else staging * _GB))
         steps.append((f"disk_moe_host{gb:g}", args, ["--mode", "moe", *cap, *host], fresh, limit))
@@ -627,8 +628,13 @@ def report(raw_path: Path, results: Path) -> None:
         )
     )
     # -- tiers
-    none, third = _first(raw.get("disk_moe_host0")), raw.get("disk_moe_host4")
-    whole = raw.get("disk_moe_host10")
+    sized = sorted(
+        (float(k[len("disk_moe_host") :]), k) for k in raw if k.startswith("disk_moe_host")
+    )
+    tiered = [raw[k] for gb, k in sized if gb > 0 and raw[k].get("requests")]
+    none = _first(raw.get("disk_moe_host0"))
+    third = tiered[0] if len(tiered) > 1 else None  # the smaller tier: 16 GB at 48 layers
+    whole = tiered[-1] if tiered else None  # the larger: 40 GB, the model in the two tiers
     if whole and whole.get("requests") and ref_fast:
         second = whole["requests"][-1]
         r = ratio(second["decode_tok_s"], ref_fast["decode_tok_s"])
@@ -729,6 +735,7 @@ def main() -> None:
     a.add_argument("--host-tiers", type=float, nargs="+", default=[0, 4, 10])
     a.add_argument("--process-gb", type=float, default=7.0)
     a.add_argument("--skip-overlap", action="store_true")
+    a.add_argument("--set", action="append", default=[], help="config KEY=INT (CPU dry runs)")
     a.add_argument("--tests", type=int, default=0, help="seconds for moe-core's tests (0: none)")
     a.add_argument("--until", type=float, default=1e9, help="seconds the whole run may take")
     rep = sub.add_parser("report")

@@ -216,8 +216,13 @@ def test_host_tier_sizes(moe_checkpoint):
     plan = moe_core.plan_budget(geometry, capacity=8, host_memory="10GB", backend=STAGED)
     assert plan.host_capacity == (32, 32) and "every expert" in plan.reason
     # 0: none; no larger than the slots: refused with the size that would do.
-    plan = moe_core.plan_budget(geometry, capacity=8, host_memory=0, backend=STAGED)
-    assert plan.host_capacity == () and plan.host_memory == 0
+    for none in (0, "0", "0GB"):
+        plan = moe_core.plan_budget(geometry, capacity=8, host_memory=none, backend=STAGED)
+        assert plan.host_capacity == () and plan.host_memory == 0
+    plan = moe_core.plan_budget(
+        geometry, capacity=8, host_memory="0", backend=moe_core.CPUBackend()
+    )
+    assert plan.host_capacity == ()
     with pytest.raises(moe_core.BudgetError, match="no more than the GPU's slots: give at least"):
         moe_core.plan_budget(geometry, capacity=8, host_memory=per_row * 8, backend=STAGED)
     # Default: half of what the host has available, whatever of it the model can use.

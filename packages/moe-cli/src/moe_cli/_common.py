@@ -115,10 +115,13 @@ def _describe(e: Exception) -> str:
 
 def parse_memory(memory: str | None, option: str = "--memory") -> int | None:
     """`--memory` in bytes; a bad value is a ValueError that `user_errors` turns into one line.
-    A bare number is refused: `--memory 12` meant 12 GB far more often than 12 bytes (0 is 0)."""
+    A bare number is refused: `--memory 12` meant 12 GB far more often than 12 bytes (but
+    `--host-memory 0` is no host tier)."""
     if memory is None:
         return None
-    if memory.strip().replace(".", "", 1).isdigit() and float(memory) != 0:
+    if memory.strip().replace(".", "", 1).isdigit():
+        if float(memory) == 0 and option == "--host-memory":
+            return 0  # no host tier
         raise ValueError(
             f"{option} {memory}: give a unit, e.g. {memory.strip()}GB or {memory.strip()}MiB"
         )

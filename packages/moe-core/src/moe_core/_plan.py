@@ -162,6 +162,8 @@ def _host_tier(
     geometry: Geometry, caps: tuple[int, ...], host_memory: int | str | None, backend: Backend
 ) -> tuple[dict, str]:
     """The host tier's experts per layer (as `Plan` fields) and what to add to the reason."""
+    if _no_tier(host_memory):
+        host_memory = 0
     if backend.unified_memory:
         if host_memory is not None and parse_size(host_memory) > 0:
             raise BudgetError(
@@ -176,9 +178,10 @@ def _host_tier(
     held = size // per_row if per_row else 0
     tier = tuple(int(min(held, e)) for e in geometry.num_experts)
     # The tier holds what the GPU holds too (it is inclusive): no larger than the slots, it
-    # would only stage.
-    if size == 0 or held <= max(caps):
-        if given and size:
+    # would only stage; nor is there anything to hold where the GPU holds every expert.
+    resident = all(c >= e for c, e in zip(caps, geometry.num_experts, strict=True))
+    if size == 0 or held <= max(caps) or resident:
+        if given and size and not resident:
             need = format_sizes(max(c + 1 for c in caps) * per_row)[0]
             raise BudgetError(
                 f"host memory {format_sizes(size)[0]} holds {held} experts per layer, no more "
@@ -219,6 +222,14 @@ def _lowbit_reason(lowbit: tuple[int, ...], expert_bytes: tuple[int, ...], bits:
         f"; {bits}-bit copies of every expert (LOSSY miss mode lowbit) take {text}, "
         f"the memory of {slots:.1f} full slots per layer"
     )
+
+
+def _no_tier(host_memory: int | str | None) -> bool:
+    """`0` (or "0", "0GB"): no host tier, where sizes are otherwise positive."""
+    if isinstance(host_memory, str):
+        digits = host_memory.strip().lower().rstrip("kmgtib ")
+        return digits.replace(".", "", 1).isdigit() and float(digits) == 0
+    return host_memory == 0
 
 
 def _activation_bytes(geometry: Geometry) -> int:
