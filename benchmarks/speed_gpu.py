@@ -439,14 +439,20 @@ def _child_json(args, command: list[str], env: dict) -> dict:
 
 def cuda_tests(args, env: dict) -> dict:
     """moe-core's tests on this backend (exactness against the unmodified model, waves too)."""
-    cmd = [sys.executable, "-m", "pytest", "-p", "moe_testing.plugin", "--import-mode=importlib",
-           "-q", "--no-header", "-rf", "--tb=line", "-o", "addopts=", "-x",
+    from importlib.metadata import entry_points
+
+    # Installed, moe-testing registers its plugin itself; from a source tree (the GPU machine)
+    # it is named.
+    installed = any(e.value.startswith("moe_testing") for e in entry_points(group="pytest11"))
+    plugin = [] if installed else ["-p", "moe_testing.plugin"]
+    cmd = [sys.executable, "-m", "pytest", *plugin, "--import-mode=importlib",
+           "-q", "--no-header", "-rf", "--tb=line", "-o", "addopts=",
            str(_ROOT / "packages/moe-core/tests")]  # fmt: skip
     try:
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=args.tests, env=dict(os.environ, **env)
         )
-        tail = done.stdout.strip().splitlines()[-15:]
+        tail = (done.stdout.strip() or done.stderr.strip()).splitlines()[-15:]
     except subprocess.TimeoutExpired as e:
         tail = [*(e.stdout or b"").decode().strip().splitlines()[-15:], "(stopped at the limit)"]
     return {"tail": tail}
