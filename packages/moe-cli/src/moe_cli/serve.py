@@ -28,6 +28,7 @@ from ._common import (
     fail,
     human_bytes,
     open_session,
+    parse_memory,
     user_errors,
 )
 from ._distributed import DistributedOpt, RankTimeoutOpt, SplitOpt, serve_distributed
@@ -144,6 +145,12 @@ def serve(
 ) -> None:
     """Serve a model over the OpenAI and Anthropic HTTP APIs, with a live page at /."""
     if distributed:
+        with user_errors():
+            host_tier = (
+                {"host_memory": parse_memory(host_memory, option="--host-memory")}
+                if host_memory is not None
+                else {}
+            )
         return serve_distributed(
             model,
             host=host,
@@ -160,6 +167,7 @@ def serve(
                 miss=miss,
                 kv_bits=kv_bits,
                 max_context=max_context,
+                **host_tier,
             ),
         )
     with user_errors():
