@@ -27,6 +27,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -223,17 +224,30 @@ def child(args, extra: list[str], env: dict | None = None, cgroup_limit: int | N
     if cgroup is not None and cgroup.path is not None:
         cmd = ["sh", "-c", f'echo $$ > {cgroup.path}/cgroup.procs && exec "$@"', "sh", *cmd]
     start = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
-        out, err = done.stdout, done.stderr
-    except subprocess.TimeoutExpired as e:
-        out, err = (e.stdout or b"").decode(), f"timed out after {args.timeout} s"
+    out, err = _bounded(cmd, env, args.timeout)
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     result = json.loads(lines[-1][7:]) if lines else {"error": err[-3000:]}
     result["wall_s"] = time.perf_counter() - start
     if cgroup is not None:
         result["cgroup"] = cgroup.finish()
     return result
+
+
+def _bounded(cmd: list[str], env: dict, timeout: float) -> tuple[str, str]:
+    """Run `cmd`; past `timeout` it is sent SIGABRT first, so that Python's faulthandler prints
+    where every thread stood (the error then says where it hung), then killed."""
+    env = dict(env, PYTHONFAULTHANDLER="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        return out, f"timed out after {timeout:.0f} s\n{err[-6000:]}"
 
 
 class Cgroup:
@@ -416,6 +430,15 @@ def run_all(args) -> None:
         limit = int(base + (gb * _GB if gb else staging * _GB))
         steps.append((f"disk_moe_host{gb:g}", args, ["--mode", "moe", *cap, *host], fresh, limit))
     steps.append(("disk_mlx_lm", args, ["--mode", "mlx-lm"], fresh, None))
+    # What a short call measures first: the fresh cache must come first; then each regime's
+    # comparison with the unmodified model, the tiers (largest first), the rest.
+    first = ["fast_moe_fresh", "fast_moe_warm", "fast_mlx_lm", "disk_moe_host0", "disk_mlx_lm"]
+    tiers = sorted(
+        (k for k, *_ in steps if k.startswith("disk_moe_host")),
+        key=lambda k: -float(k[len("disk_moe_host") :]),
+    )
+    order = {k: i for i, k in enumerate(first + [k for k in tiers if k not in first])}
+    steps.sort(key=lambda step: order.get(step[0], len(order)))
     for key, where, extra, env, limit in steps:
         if key in raw and "error" not in raw[key]:
             continue
@@ -439,14 +462,9 @@ def run_all(args) -> None:
 def _child_json(args, command: list[str], env: dict) -> dict:
     cmd = [sys.executable, __file__, *command, "--dir", str(args.dir)]
     cmd += ["--staged-cpu"] if args.staged_cpu else []
-    try:
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, env=dict(os.environ, **env), timeout=120
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": "timed out after 120 s"}
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    return json.loads(lines[-1][7:]) if lines else {"error": done.stderr[-3000:]}
+    out, err = _bounded(cmd, dict(os.environ, **env), 120)
+    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(lines[-1][7:]) if lines else {"error": err[-6000:]}
 
 
 def cuda_tests(args, env: dict) -> dict:

@@ -230,3 +230,23 @@ def test_host_tier_sizes(moe_checkpoint):
     available = moe_core.CPUBackend().available_memory()
     assert plan.host_memory == pytest.approx(available // 2, rel=0.05)
     assert plan.host_capacity == (32, 32) and "half of the host's available" in plan.reason
+
+
+def test_the_shared_copy_stream_is_made_without_deadlock(monkeypatch):
+    """shared_stream() once held the module's lock while driver() took it again: every CUDA
+    upload hung on its first use. Checked with a stand-in driver (no GPU here)."""
+    import threading
+
+    from moe_core import _cuda
+
+    class Stand:
+        def stream(self):
+            return "stream"
+
+    monkeypatch.setattr(_cuda, "_driver", Stand())
+    monkeypatch.setattr(_cuda, "_stream", None)
+    got = []
+    worker = threading.Thread(target=lambda: got.append(_cuda.shared_stream()), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert got == ["stream"]

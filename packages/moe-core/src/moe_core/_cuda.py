@@ -150,9 +150,10 @@ _stream: ctypes.c_void_p | None = None
 def shared_stream() -> ctypes.c_void_p:
     """One copy stream for the process: every layer's uploads go through it in order."""
     global _stream
+    binding = driver()  # outside the lock: driver() takes it too (it is not reentrant)
     with _lock:
         if _stream is None:
-            _stream = driver().stream()
+            _stream = binding.stream()
         return _stream
 
 
