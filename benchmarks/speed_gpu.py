@@ -506,7 +506,8 @@ def _missing(raw: dict, *keys: str) -> str:
             why.append(f"{key} was not run in this session's device time")
         elif "error" in run:
             lines = str(run["error"]).strip().splitlines() or ["no result"]
-            why.append(f"{key} failed: {lines[-1][:300]}")
+            said = lines[-1][:300]
+            why.append(f"{key} {said}" if said.startswith("not run") else f"{key} failed: {said}")
     return "; ".join(why) or "not measured"
 
 
@@ -751,7 +752,7 @@ def _tier_targets(raw: dict) -> list[dict]:
     return out
 
 
-def report(raw_path: Path, results: Path) -> None:
+def report(raw_path: Path, results: Path, note: str | None = None) -> None:
     raw = json.loads(raw_path.read_text())
     layers = raw.get("build", {}).get("layers")
     scale = f"{layers}-layer Qwen3-Coder-Next geometry" if layers else "geometry"
@@ -773,6 +774,7 @@ def report(raw_path: Path, results: Path) -> None:
         "machine": raw.get("machine"),
         "tokens_identical_to_mlx_lm": tokens_ok,
         "reproduce": "benchmarks/device/speed.sh (benchmarks/speed_gpu.py all)",
+        **({"notes": note} if note else {}),
     }
     results.mkdir(parents=True, exist_ok=True)
     (results / "speed-gpu.json").write_text(
@@ -822,6 +824,7 @@ def main() -> None:
     rep = sub.add_parser("report")
     rep.add_argument("raw", type=Path)
     rep.add_argument("--results", default=str(_ROOT / "benchmarks/results"))
+    rep.add_argument("--note", help="what the run left out, and why")
     args = parser.parse_args()
     if args.command == "run":
         print("RESULT " + json.dumps(contend(args)), flush=True)
@@ -830,7 +833,7 @@ def main() -> None:
     elif args.command == "all":
         run_all(args)
     else:
-        report(args.raw, Path(args.results))
+        report(args.raw, Path(args.results), args.note)
 
 
 if __name__ == "__main__":
