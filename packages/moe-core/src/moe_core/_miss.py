@@ -8,8 +8,9 @@ other waves' choices pointed at one of its own slots) and keeps its rows: a call
 may pick another kernel whose sums differ in the last bits (measured on CUDA: 0.0156 at one
 token), while a call of the same shape gives each row the same bits whatever the others hold.
 `Skip` is lossy: it computes the resident experts only, renormalising as the model's own gate
-would, and reads the missing ones in the background for later steps. `LowBit` (`_lowbit.py`) is lossy too: it computes the missing experts from resident
-low-bit copies. A new mode is a new class with `forward`.
+would, and reads the missing ones in the background for later steps. `LowBit` (`_lowbit.py`) is
+lossy too: it computes the missing experts from resident low-bit copies. A new mode is a new
+class with `forward`.
 """
 
 from __future__ import annotations
