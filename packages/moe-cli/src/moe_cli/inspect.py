@@ -286,7 +286,7 @@ def print_report(r: dict) -> None:
             host = fit["host_capacity"]
             host = host if isinstance(host, list) else [host] * r["moe_layers"]
             out(
-                f"host tier    {describe_capacity(host, experts)} in "
+                f"host tier    {describe_capacity(host, per_layer)} in "
                 f"{human_bytes(fit['host_memory'])} of host memory"
             )
     out(f"profile      {'known' if r['profile'] else 'none known for this checkpoint'}")

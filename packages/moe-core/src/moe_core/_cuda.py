@@ -73,8 +73,10 @@ class Driver:
             self._lib.cuMemHostAlloc(ctypes.byref(ptr), nbytes, _HOST_ALLOC_PORTABLE),
             f"cuMemHostAlloc of {nbytes} bytes",
         )
-        raw = (ctypes.c_uint8 * nbytes).from_address(ptr.value)
-        weakref.finalize(raw, self._lib.cuMemFreeHost, ptr.value)
+        address = ptr.value
+        assert address is not None  # cuMemHostAlloc succeeded
+        raw = (ctypes.c_uint8 * nbytes).from_address(address)
+        weakref.finalize(raw, self._lib.cuMemFreeHost, address)
         return np.ctypeslib.as_array(raw)  # keeps `raw` (and so the memory) alive
 
     def stream(self) -> ctypes.c_void_p:

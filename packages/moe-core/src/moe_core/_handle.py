@@ -44,7 +44,7 @@ class OffloadHandle:
         self.store = store
         self.backend = backend
         self._observers = observers
-        self.warmup = None  # the kernel warm-up started with it (CUDA, fresh kernel cache)
+        self.warmup: Any = None  # the kernel warm-up started with it (CUDA, fresh kernel cache)
 
     @property
     def capacity(self) -> list[int]:

@@ -20,11 +20,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
 from ._cache import ExpertCache
 from ._checkpoint import BankMap
+from ._policy import Policy
 
 ALIGN = 4096
 _BLOCK_BYTES = 64 << 20  # rows are allocated about this much at a time
@@ -183,11 +185,12 @@ class HostTier:
         `held[slot]` is the expert whose bytes the slot holds now (-1: none)."""
         cache, tier = self.cache, self.tier
         experts = np.array([e for e, _ in loads], dtype=np.int64)
-        cache.policy.tick()
+        policy = cast(Policy, cache.policy)  # made from its name
+        policy.tick()
         hit = cache.slot_of[experts] >= 0
         tier.hits += int(hit.sum())
         tier.misses += int((~hit).sum())
-        cache.policy.on_access(experts[hit])
+        policy.on_access(experts[hit])
         protect = self.busy.copy()
         protect[experts] = True
         reads = self._admit(experts[~hit], protect)

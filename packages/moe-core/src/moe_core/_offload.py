@@ -138,7 +138,7 @@ def offload(
                 layer.reads.ahead = Lookahead(nxt.reads, router, k)
     if plan.lowbit_bits:
         store.reset_stats()  # making the copies read every expert once: not the model's misses
-    warmup = None
+    warmup: _warmup.Warmup | None = None
     if backend.name == "cuda" and not os.environ.get(_HELPER):
         warmup = _warmup.start(geometry.path)
         for layer in layers:
@@ -168,15 +168,17 @@ class Staged:
     def attach(
         self, slots: SlotMemory, bank_map: BankMap, cache: ExpertCache, rows: int, policy: str
     ) -> None:
-        arrays = [getattr(proj, name) for proj, name in slots.staged]
+        staged = slots.staged
+        assert staged is not None  # a staged bank
+        arrays = [getattr(proj, name) for proj, name in staged]
         if rows > 0:
             rows = max(rows, cache.capacity)
             host_rows = HostRows(bank_map, rows, self.allocate)
-            host = HostTier(host_rows, rows, policy, cache)
+            host: HostTier | Staging = HostTier(host_rows, rows, policy, cache)
         else:
             host = Staging(HostRows(bank_map, cache.capacity, self.allocate))
         if self.uploader is None:
-            slots.stage_through(host, MLXUploader(slots.staged))
+            slots.stage_through(host, MLXUploader(staged))
             return
         uploader = self.uploader(arrays)
         if not self.checked:  # once per process, each param: bytes arrive where MLX computes

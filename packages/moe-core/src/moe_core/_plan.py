@@ -172,7 +172,9 @@ def _host_tier(
             )
         return {}, ""
     given = host_memory is not None
-    size = parse_size(host_memory) if given else CPUBackend().available_memory() // 2
+    size = (
+        parse_size(host_memory) if host_memory is not None else CPUBackend().available_memory() // 2
+    )
     rows = [row_bytes(bank) for bank in geometry.banks]
     per_row = sum(rows)  # one expert in every MoE layer
     held = size // per_row if per_row else 0

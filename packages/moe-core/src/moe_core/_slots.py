@@ -19,7 +19,7 @@ import numpy as np
 
 from ._checkpoint import BankMap
 from ._host import HostTier, Staging
-from ._store import ParamRows
+from ._store import ParamRows, Rows
 
 
 class Uploader(Protocol):
@@ -63,12 +63,12 @@ class SlotMemory:
             proj, name = param.name.split(".", 1)
             array, host = slot_tensor(capacity, param.shape, param.dtype, direct=direct)
             setattr(getattr(bank, proj), name, array)
-            if direct:
+            if host is not None:  # direct
                 self.views.append(host)
             targets.append((getattr(bank, proj), name))
         # (projection, param) whose slots are uploaded from host rows, when not direct
         self.staged: list[tuple[nn.Module, str]] | None = None if direct else targets
-        self.rows = ParamRows(self.views)  # where reads land (staged: the host side's rows)
+        self.rows: Rows = ParamRows(self.views)  # where reads land (staged: the host side's rows)
         self.host: Staging | HostTier | None = None
         self.uploader: Uploader | None = None
         self.held = np.full(capacity, -1, dtype=np.int64)  # expert each slot holds, staged
@@ -92,6 +92,7 @@ class SlotMemory:
         Staged, their uploads wait for `upload` (once the reads have landed)."""
         if self.host is None:
             return loads
+        assert self.uploader is not None  # set with the host side
         reads, uploads, demote = self.host.plan(loads, self.held)
         for slot, row in demote:  # copied down before anything overwrites the slot
             for param, dst in enumerate(self.rows.views(row)):
@@ -115,6 +116,7 @@ class SlotMemory:
         """Staged: copy the rows read since the last upload to their slots, as one batch."""
         if self.host is None or not (self.pending or self.moved):
             return
+        assert self.uploader is not None  # set with the host side
         start = time.perf_counter()
         pending, self.pending, self.moved = self.pending, [], False
         for slot, row in pending:

@@ -40,7 +40,7 @@ def kernel_cache_dir() -> Path:
     given = os.environ.get("MLX_PTX_CACHE_DIR")
     if given:
         return Path(given)
-    return Path(tempfile.gettempdir()) / "mlx" / mx.__version__ / "ptx"
+    return Path(tempfile.gettempdir()) / "mlx" / _mlx_version(mx) / "ptx"
 
 
 def persist_kernel_cache() -> None:
@@ -51,7 +51,7 @@ def persist_kernel_cache() -> None:
     import mlx.core as mx
 
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    os.environ["MLX_PTX_CACHE_DIR"] = str(base / "moe" / "mlx-kernels" / mx.__version__)
+    os.environ["MLX_PTX_CACHE_DIR"] = str(base / "moe" / "mlx-kernels" / _mlx_version(mx))
 
 
 class Warmup:
@@ -93,7 +93,7 @@ def start(model_path: Path, *, helpers: int | None = None) -> Warmup | None:
 
     config = json.loads((Path(model_path) / "config.json").read_text())
     cache = kernel_cache_dir()
-    marker = cache / f"moe-warm-{_signature(config, mx.__version__)}.json"
+    marker = cache / f"moe-warm-{_signature(config, _mlx_version(mx))}.json"
     if marker.exists():
         return None
     count = len(PHASES) if helpers is None else helpers
@@ -203,3 +203,8 @@ def _run(spec_path: str, phase: str) -> None:
 
 if __name__ == "__main__":
     _run(sys.argv[1], sys.argv[2])
+
+
+def _mlx_version(mx) -> str:
+    """MLX's version, which names its kernel cache (mlx.core declares no `__version__` stub)."""
+    return str(getattr(mx, "__version__", "unknown"))
