@@ -64,8 +64,8 @@ class _ChunkWatch:
         self._thread.join()
 
 
-def _serve(session: Session):
-    app = create_app(session)
+def serve_in_thread(app) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """Serve `app` on a free loopback port from a thread; (server, thread, base url)."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -73,7 +73,7 @@ def _serve(session: Session):
     while not server.started:
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    return app, server, thread, f"http://127.0.0.1:{port}"
+    return server, thread, f"http://127.0.0.1:{port}"
 
 
 def main() -> None:
@@ -113,7 +113,8 @@ def main() -> None:
             full_s = time.perf_counter() - started
             first.close()  # here, on the thread that ran it (MLX streams belong to a thread)
             chunks = -(-(tokens - 1) // CHUNK)
-            app, server, thread, url = _serve(session)
+            app = create_app(session)
+            server, thread, url = serve_in_thread(app)
             worker = app.state.engine.worker
             trials = []
             for i, share in enumerate((0.15, 0.35, 0.55, 0.75), start=1):

@@ -18,19 +18,19 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "packages" / "moe-server" / "tests"))
-from _fixture_model import CAPACITY, build  # noqa: E402
+from _fixture_model import CAPACITY, NUM_EXPERTS, NUM_LAYERS, TOP_K  # noqa: E402
+from server_cancel import serve_in_thread  # noqa: E402
 
 from moe_runtime import Session  # noqa: E402
 from moe_server import create_app  # noqa: E402
+from moe_testing import CheckpointSpec, build_checkpoint  # noqa: E402
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -72,19 +72,14 @@ def main() -> None:
 
     model = args.model
     if model is None:
-        model = Path(tempfile.mkdtemp()) / "tiny-moe"
-        model.mkdir()
-        build(model)
+        # The server tests' model (moe-testing's tiny qwen3_moe checkpoint).
+        spec = CheckpointSpec(
+            "qwen3_moe", num_layers=NUM_LAYERS, num_experts=NUM_EXPERTS, top_k=TOP_K
+        )
+        model = build_checkpoint(spec, tempfile.mkdtemp())
     session = Session(model, capacity=args.capacity, warm_start=False)
     app = create_app(session, max_queue=args.clients)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    server, thread, url = serve_in_thread(app)
     one_request(url, -1, 4)  # warm-up: first-call compilation is not load
 
     started = time.perf_counter()
