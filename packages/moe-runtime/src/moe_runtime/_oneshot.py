@@ -7,7 +7,8 @@ from pathlib import Path
 
 from mlx_lm.generate import GenerationResponse
 
-from ._session import Prompt, Session
+from ._session import Session
+from ._template import Prompt
 
 _SESSION_ARGS = (
     "memory", "capacity", "profile", "policy", "miss", "kv_bits", "cache_dir", "max_context",

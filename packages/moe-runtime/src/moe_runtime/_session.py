@@ -8,7 +8,7 @@ import functools
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import mlx.core as mx
 import mlx_lm
@@ -25,7 +25,7 @@ from ._prefix import PromptCache
 from ._resolve import resolve_model
 from ._snapshots import DISK_DEFAULT, default_memory, open_store, parse_limit
 from ._stops import StopText
-from ._template import encode_messages, message_boundary
+from ._template import Prompt, encode_prompt, is_chat, message_boundary
 from ._warm import (
     UsageCounter,
     WarmState,
@@ -38,8 +38,6 @@ from ._warm import (
     state_path,
     warm_set,
 )
-
-Prompt = str | list[dict] | list[int]
 
 _WARMUP_TEXT = "Hello"
 
@@ -265,27 +263,14 @@ class Session:
         """Token ids of a raw text prompt, a list of chat messages, or token ids as given.
 
         `chat_template_kwargs` reach the chat template (e.g. `enable_thinking`)."""
-        if isinstance(prompt, str):
-            bos = self.tokenizer.bos_token
-            return self.tokenizer.encode(
-                prompt, add_special_tokens=bos is None or not prompt.startswith(bos)
-            )
-        if not isinstance(prompt, list) or not prompt:
-            raise ValueError(
-                "prompt must be a string, a non-empty list of messages or of token ids"
-            )
-        if all(isinstance(t, int) for t in prompt):
-            ids = cast("list[int]", prompt)
-            vocab = self.model.args.vocab_size if hasattr(self.model, "args") else None
-            bad = [t for t in ids if t < 0 or (vocab is not None and t >= vocab)]
-            if bad:
-                raise ValueError(f"token id {bad[0]} is out of the vocabulary")
-            return list(ids)
-        if all(isinstance(m, dict) for m in prompt):
-            messages = cast("list[dict]", prompt)
-            # Text in the messages never becomes a control token (a user cannot open a turn).
-            return encode_messages(self.tokenizer, messages, tools, **(chat_template_kwargs or {}))
-        raise ValueError("prompt must be a string, a list of messages (dicts) or of token ids")
+        vocab = self.model.args.vocab_size if hasattr(self.model, "args") else None
+        return encode_prompt(
+            self.tokenizer,
+            prompt,
+            tools,
+            vocab_size=vocab,
+            chat_template_kwargs=chat_template_kwargs,
+        )
 
     # -- generation -------------------------------------------------------------------------
 
@@ -384,7 +369,7 @@ class Session:
         """Where a chat prompt's last message ends, for a cache that cannot be trimmed to be
         snapshotted there (on a split model some ranks' can: every rank finds the boundary)."""
         trims = self.stage is None and self._cache.trimmable
-        if not self._cache.enabled or trims or not _is_chat(prompt):
+        if not self._cache.enabled or trims or not is_chat(prompt):
             return None
         return message_boundary(
             self.tokenizer, prompt, tools, tokens, **(chat_template_kwargs or {})
@@ -552,10 +537,6 @@ class Response(GenerationResponse):
 
 
 _FIELDS = dataclasses.fields(GenerationResponse)
-
-
-def _is_chat(prompt) -> bool:
-    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
 
 
 def _with_history(processors, history: list[int]):

@@ -1,5 +1,5 @@
-"""Chat messages through the model's template, so text from the messages never becomes a control
-token.
+"""Prompts to token ids: raw text, token ids as given, or chat messages through the model's
+template, so text from the messages never becomes a control token.
 
 A chat template writes its control tokens (`<|im_start|>`, `<|im_end|>`, ...) as text and the
 tokenizer turns every such string into the control token, wherever it came from: a user who types
@@ -14,7 +14,45 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any
+from typing import Any, cast
+
+Prompt = str | list[dict] | list[int]
+
+
+def encode_prompt(
+    tokenizer: Any,
+    prompt: Prompt,
+    tools: list[dict] | None = None,
+    *,
+    vocab_size: int | None = None,
+    chat_template_kwargs: dict | None = None,
+) -> list[int]:
+    """Token ids of a raw text prompt, a list of chat messages, or token ids as given (each
+    below `vocab_size` when known).
+
+    `chat_template_kwargs` reach the chat template (e.g. `enable_thinking`)."""
+    if isinstance(prompt, str):
+        bos = tokenizer.bos_token
+        return tokenizer.encode(
+            prompt, add_special_tokens=bos is None or not prompt.startswith(bos)
+        )
+    if not isinstance(prompt, list) or not prompt:
+        raise ValueError("prompt must be a string, a non-empty list of messages or of token ids")
+    if all(isinstance(t, int) for t in prompt):
+        ids = cast("list[int]", prompt)
+        bad = [t for t in ids if t < 0 or (vocab_size is not None and t >= vocab_size)]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is out of the vocabulary")
+        return list(ids)
+    if all(isinstance(m, dict) for m in prompt):
+        messages = cast("list[dict]", prompt)
+        # Text in the messages never becomes a control token (a user cannot open a turn).
+        return encode_messages(tokenizer, messages, tools, **(chat_template_kwargs or {}))
+    raise ValueError("prompt must be a string, a list of messages (dicts) or of token ids")
+
+
+def is_chat(prompt: Prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
 
 
 def encode_messages(
