@@ -26,18 +26,7 @@ from ._resolve import resolve_model
 from ._snapshots import DISK_DEFAULT, default_memory, open_store, parse_limit
 from ._stops import StopText
 from ._template import Prompt, encode_prompt, is_chat, message_boundary
-from ._warm import (
-    UsageCounter,
-    WarmState,
-    choose_policy,
-    default_cache_dir,
-    load_state,
-    make_key,
-    prefetch_all,
-    save_state,
-    state_path,
-    warm_set,
-)
+from ._warm import WarmStart
 
 _WARMUP_TEXT = "Hello"
 
@@ -137,45 +126,16 @@ class Session:
             self.profile = load_profile(profile, self.fingerprint)
             if not isinstance(capacity, list):  # one number of slots, a memory budget, or neither
                 plan = self.profile.spread(plan)
-        self._warm_path = None
-        self._warm_key = None
-        self._usage: UsageCounter | None = None
-        # What this start took from saved state, so results that depend on it can be traced.
-        self._warm: dict[str, Any] = {
-            "enabled": warm_start,
-            "path": None,
-            "restored": False,
-            "prefetched": 0,
-        }
-        state = None
-        if warm_start:
-            digest = None
-            if profile is not None:
-                from ._profile import profile_digest
-
-                digest = profile_digest(profile)
-            fingerprint = self.fingerprint
-            if self.stage is not None:  # a stage keeps the state of its own layers
-                fingerprint += f"-layers{self.stage.start}-{self.stage.end}"
-            self._warm_key = make_key(fingerprint, list(plan.capacity), digest)
-            self._warm_path = state_path(Path(cache_dir or default_cache_dir()), self._warm_key)
-            self._warm["path"] = str(self._warm_path)
-            state = load_state(self._warm_path, self._warm_key, list(plan.num_experts))
+        fingerprint = self.fingerprint
+        if self.stage is not None:  # a stage keeps the state of its own layers
+            fingerprint += f"-layers{self.stage.start}-{self.stage.end}"
+        self._warm = WarmStart(
+            fingerprint, plan, enabled=warm_start, profile=profile, cache_dir=cache_dir
+        )
         if policy is None and self.profile is not None:
             policy = self.profile.policy
-        elif policy is None and state is not None:
-            selection = choose_policy(state, list(plan.capacity), list(plan.num_experts))
-            if selection is not None:
-                policy = selection.chosen.policy
-                chosen, current = selection.row(selection.chosen), selection.row(selection.current)
-                self._warm["selection"] = {
-                    "policy": policy,
-                    "accepted": selection.accepted,
-                    "before": selection.current.policy,
-                    "held_out": chosen.held_out,
-                    "held_out_before": current.held_out,
-                    "held_out_belady": chosen.held_out_belady,
-                }
+        elif policy is None:
+            policy = self._warm.policy(plan)
         self.handle = moe_core.offload(
             self.model,
             self.geometry,
@@ -189,7 +149,7 @@ class Session:
             from ._pipeline import sync_random
 
             sync_random(group)
-        self._start_experts(state)
+        self._start_experts()
         self.handle.reset_stats()
         agree = bool
         if self.stage is not None and group is not None:
@@ -222,7 +182,7 @@ class Session:
 
     # -- start ------------------------------------------------------------------------------
 
-    def _start_experts(self, state: WarmState | None) -> None:
+    def _start_experts(self) -> None:
         """Before the first request: run a short prompt once (MLX's first call is slow, and it
         loads what a greeting routes to), apply the profile, then load the experts the saved
         state says are used most, all layers in one batch, so the first prefill reads less."""
@@ -231,20 +191,12 @@ class Session:
         except ValueError:  # no chat template
             tokens = self.encode_prompt(_WARMUP_TEXT)
         mx.eval(self.model(mx.array(tokens)[None], cache=make_prompt_cache(self.model)))
+        prefetched = 0
         if self.profile is not None:
             from ._profile import apply_profile
 
-            self._warm["prefetched"] += apply_profile(self.handle, self.profile)
-        if self._warm_path is None:
-            return
-        # Count what this session's requests choose (the warm-up above is not counted), beside
-        # any other observer (moe_profiles.TraceRecorder).
-        self._usage = UsageCounter(self.handle.num_experts, state.counts if state else None)
-        self.handle.observe(self._usage)
-        if state is not None:
-            layers = warm_set(state, self.handle.capacity, self.handle.pinned())
-            self._warm["prefetched"] += prefetch_all(self.handle, layers)
-            self._warm["restored"] = True
+            prefetched = apply_profile(self.handle, self.profile)
+        self._warm.start(self.handle, prefetched=prefetched)
 
     @property
     def max_context(self) -> int:
@@ -476,7 +428,7 @@ class Session:
             "prefix_cache": dict(self._cache.counts),
             "prompt_cache": self._cache.store.stats(),
             "process_memory": self.handle.backend.process_memory(),
-            "warm_start": dict(self._warm),
+            "warm_start": dict(self._warm.info),
         }
         if self.stage is not None:
             stats["pipeline"] = self.stage.as_dict()
@@ -488,21 +440,7 @@ class Session:
 
     def save_warm_state(self) -> Path | None:
         """Write expert use counts and the resident set for the next start (also `close`)."""
-        if self._warm_path is None:
-            return None
-        self.handle.flush_counts()
-        summary = {k: v for k, v in self.handle.stats().items() if k not in ("layers", "budget")}
-        assert self._usage is not None and self._warm_key is not None  # set with the path
-        save_state(
-            self._warm_path,
-            self._warm_key,
-            self.handle.resident(),
-            self._usage.as_lists(),
-            summary,
-            recent=self.handle.recent(),
-            policy=summary["policy"],
-        )
-        return self._warm_path
+        return self._warm.save(self.handle)
 
     def close(self) -> None:
         if self._closed:

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -185,8 +186,9 @@ def load_state(path: Path, key: WarmKey, num_experts: list[int]) -> WarmState | 
                 raise ValueError(f"unknown cache policy {policy!r}")
         return WarmState(resident, counts, recent, policy)
     except Exception as e:  # corrupt in any way: start cold, say so once
+        # At the session's caller (this, WarmStart, Session, the caller).
         warnings.warn(
-            f"ignoring warm-start state {path}: {e}; starting cold", WarmStartWarning, stacklevel=3
+            f"ignoring warm-start state {path}: {e}; starting cold", WarmStartWarning, stacklevel=4
         )
         return None
 
@@ -212,6 +214,96 @@ def save_state(
     }
     with moe_core.atomic_write(path, "w") as f:
         json.dump(data, f)
+
+
+class WarmStart:
+    """One session's warm start: the state saved for its setup (read once, at the start), the
+    counter of what its requests choose, and the save at close. `info` says what the start took
+    from saved state, so results that depend on it can be traced (`Session.stats`). Disabled, it
+    reads, counts and saves nothing."""
+
+    def __init__(
+        self,
+        fingerprint: str,
+        plan: moe_core.Plan,
+        *,
+        enabled: bool = True,
+        profile: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        self.path: Path | None = None
+        self.key: WarmKey | None = None
+        self.usage: UsageCounter | None = None
+        self.info: dict[str, Any] = {
+            "enabled": enabled,
+            "path": None,
+            "restored": False,
+            "prefetched": 0,
+        }
+        self._state: WarmState | None = None
+        if not enabled:
+            return
+        digest = None
+        if profile is not None:
+            from ._profile import profile_digest
+
+            digest = profile_digest(profile)
+        self.key = make_key(fingerprint, list(plan.capacity), digest)
+        self.path = state_path(Path(cache_dir or default_cache_dir()), self.key)
+        self.info["path"] = str(self.path)
+        self._state = load_state(self.path, self.key, list(plan.num_experts))
+
+    def policy(self, plan: moe_core.Plan) -> str | None:
+        """The cache policy the saved recent steps choose (`choose_policy`), or None."""
+        if self._state is None:
+            return None
+        selection = choose_policy(self._state, list(plan.capacity), list(plan.num_experts))
+        if selection is None:
+            return None
+        chosen, current = selection.row(selection.chosen), selection.row(selection.current)
+        self.info["selection"] = {
+            "policy": selection.chosen.policy,
+            "accepted": selection.accepted,
+            "before": selection.current.policy,
+            "held_out": chosen.held_out,
+            "held_out_before": current.held_out,
+            "held_out_belady": chosen.held_out_belady,
+        }
+        return selection.chosen.policy
+
+    def start(self, handle, *, prefetched: int = 0) -> None:
+        """Before the first request, after the warm-up (which is not counted): count what the
+        requests choose, beside any other observer (moe_profiles.TraceRecorder), and load the
+        experts the saved state says are used most, all layers in one batch. `prefetched`:
+        experts a profile loaded already, counted with these."""
+        self.info["prefetched"] += prefetched
+        if self.path is None:
+            return
+        state, self._state = self._state, None  # read once
+        self.usage = UsageCounter(handle.num_experts, state.counts if state else None)
+        handle.observe(self.usage)
+        if state is not None:
+            layers = warm_set(state, handle.capacity, handle.pinned())
+            self.info["prefetched"] += prefetch_all(handle, layers)
+            self.info["restored"] = True
+
+    def save(self, handle) -> Path | None:
+        """Write expert use counts and the resident set for the next start."""
+        if self.path is None:
+            return None
+        handle.flush_counts()
+        summary = {k: v for k, v in handle.stats().items() if k not in ("layers", "budget")}
+        assert self.usage is not None and self.key is not None  # set with the path
+        save_state(
+            self.path,
+            self.key,
+            handle.resident(),
+            self.usage.as_lists(),
+            summary,
+            recent=handle.recent(),
+            policy=summary["policy"],
+        )
+        return self.path
 
 
 def _check_counts(counts, num_experts: list[int]) -> None:
