@@ -21,9 +21,10 @@ from ._load import ModelLoadError, load_checked
 from ._oneshot import generate, stream_generate
 from ._pipeline import Stage, pipeline, plan_split
 from ._resolve import ModelNotFoundError, resolve_model
-from ._session import Response, Session
+from ._session import Session
 from ._snapshots import PromptCacheWarning
 from ._stops import StopText
+from ._stream import Response
 from ._verify import FileCheck, verify
 from ._warm import WarmStartWarning, default_cache_dir
 

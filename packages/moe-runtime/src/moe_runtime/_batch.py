@@ -23,6 +23,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, GenerationResponse
 
 from ._stops import StopText
+from ._stream import Response, prepare
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -97,15 +98,14 @@ class Batch:
         if len(self._streams) >= self.max_streams:
             raise RuntimeError(f"the batch is full ({self.max_streams} requests)")
         started = time.perf_counter()
-        tokens, max_tokens, sampler, processors = session._request(prompt, **options)
+        request = prepare(session, prompt, **options)
+        tokens, sampler = request.tokens, request.sampler
         if session._active is not None:  # a stream of the session's own: end it first
             session._active.close()
         cache = session._cache
-        template = options.get("chat_template_kwargs")
-        boundary = session._boundary(prompt, tokens, options.get("tools"), template)
         try:
             reused = cache.prepare(tokens)
-            fed = cache.prefill(tokens, lambda _: None, cancelled, boundary=boundary)
+            fed = cache.prefill(tokens, lambda _: None, cancelled, boundary=request.boundary)
         except BaseException:
             cache.reset()  # an error mid-chunk (a failed read) may leave any state: drop it
             raise
@@ -123,11 +123,11 @@ class Batch:
             sampler = None  # type: ignore[assignment]
         (uid,) = self._generator.insert(
             [tokens[-1:]],
-            max_tokens=[max_tokens],
+            max_tokens=[request.max_tokens],
             caches=[cache.detach()],
             all_tokens=[tokens[:-1]],  # what the cache holds; processors see it as context
             samplers=[sampler],
-            logits_processors=[processors],
+            logits_processors=[request.processors],
         )
         detokenizer = session.tokenizer.detokenizer
         detokenizer.reset()
@@ -185,8 +185,6 @@ class Batch:
             self.session._cache.adopt(cache, list(tokens))
 
     def _response(self, stream: _Stream, r, text: str, finish, now: float) -> GenerationResponse:
-        from ._session import Response
-
         first = stream.first
         assert first is not None  # set when its first token came, before any response
         ttft = first - stream.started

@@ -4,17 +4,13 @@ through mlx-lm's own loop."""
 from __future__ import annotations
 
 import dataclasses
-import functools
-import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-import mlx_lm
-from mlx_lm.generate import GenerationResponse, generation_stream, maybe_quantize_kv_cache
+from mlx_lm.generate import GenerationResponse, generation_stream
 from mlx_lm.models.cache import make_prompt_cache
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 import moe_core
 
@@ -25,7 +21,8 @@ from ._prefix import PromptCache
 from ._resolve import resolve_model
 from ._snapshots import DISK_DEFAULT, default_memory, open_store, parse_limit
 from ._stops import StopText
-from ._template import Prompt, encode_prompt, is_chat, message_boundary
+from ._stream import prepare, run
+from ._template import Prompt, encode_prompt
 from ._warm import WarmStart
 
 _WARMUP_TEXT = "Hello"
@@ -230,178 +227,32 @@ class Session:
         self,
         prompt: Prompt,
         *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        min_p: float = 0.0,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        logit_bias: dict[int, float] | None = None,
-        logits_processors: list | None = None,
         seed: int | None = None,
         stop: list[str] | None = None,
-        tools: list[dict] | None = None,
-        chat_template_kwargs: dict | None = None,
         cancelled: Callable[[], bool] | None = None,
+        **options,
     ) -> Iterator[GenerationResponse]:
         """Yield mlx-lm `GenerationResponse`s, one per token; see the package docs.
 
-        The penalties and `logit_bias` are mlx-lm's logits processors; `logits_processors` are
-        more of them (e.g. a grammar's mask), applied after those, each called as mlx-lm calls
-        them with every token of the context so far. `cancelled` is asked between prefill
-        chunks: when it returns True the stream ends without a token (closing the iterator is
-        what stops decoding)."""
+        `options`: `max_tokens` (256; -1: up to the context limit), `tools` and
+        `chat_template_kwargs` for a chat prompt, and the sampling arguments (`temperature`,
+        `top_p`, `top_k`, `min_p`, the penalties, `logit_bias`, `logits_processors`: see
+        `Sampling`); logits processors are called as mlx-lm calls them, with every token of the
+        context so far. `cancelled` is asked between prefill chunks: when it returns True the
+        stream ends without a token (closing the iterator is what stops decoding)."""
         self._check_open()
-        tokens, max_tokens, sampler, processors = self._request(
-            prompt,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty,
-            logit_bias=logit_bias,
-            logits_processors=logits_processors,
-            tools=tools,
-            chat_template_kwargs=chat_template_kwargs,
-        )
+        request = prepare(self, prompt, **options)
         stops = StopText(stop)
         if self._active is not None:  # an unfinished stream: end it before touching the cache
             self._active.close()
         if seed is not None:
             mx.random.seed(seed)
-        boundary = self._boundary(prompt, tokens, tools, chat_template_kwargs)
-        self._active = self._run(
-            tokens, max_tokens, sampler, processors, stops, cancelled, boundary
-        )
+        self._active = run(self, request, stops, cancelled)
         return self._active
-
-    def _request(
-        self,
-        prompt: Prompt,
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        min_p: float = 0.0,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        logit_bias: dict[int, float] | None = None,
-        logits_processors: list | None = None,
-        tools: list[dict] | None = None,
-        chat_template_kwargs: dict | None = None,
-    ) -> tuple[list[int], int, Callable, list]:
-        """One request's prompt tokens, token limit (within the context), sampler and logits
-        processors: what `stream` and `Batch.add` check and build alike."""
-        tokens = self.encode_prompt(prompt, tools=tools, chat_template_kwargs=chat_template_kwargs)
-        if len(tokens) >= self.kv.max_context:
-            raise ValueError(
-                f"prompt has {len(tokens)} tokens; this session's max_context is {self.kv.max_context}"
-            )
-        room = self.kv.max_context - len(tokens)
-        if max_tokens == 0 or max_tokens < -1:
-            raise ValueError(f"max_tokens must be positive (or -1 for no limit), got {max_tokens}")
-        max_tokens = room if max_tokens == -1 else min(max_tokens, room)
-        sampler = make_sampler(temp=temperature, top_p=top_p, min_p=min_p, top_k=top_k)
-        processors = make_logits_processors(
-            logit_bias,
-            repetition_penalty=repetition_penalty,
-            presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty,
-        ) + list(logits_processors or ())
-        return tokens, max_tokens, sampler, processors
-
-    def _boundary(self, prompt, tokens, tools=None, chat_template_kwargs=None) -> int | None:
-        """Where a chat prompt's last message ends, for a cache that cannot be trimmed to be
-        snapshotted there (on a split model some ranks' can: every rank finds the boundary)."""
-        trims = self.stage is None and self._cache.trimmable
-        if not self._cache.enabled or trims or not is_chat(prompt):
-            return None
-        return message_boundary(
-            self.tokenizer, prompt, tools, tokens, **(chat_template_kwargs or {})
-        )
 
     def generate(self, prompt: Prompt, **kwargs) -> str:
         """The generated text (stop strings excluded); takes the same arguments as `stream`."""
         return "".join(r.text for r in self.stream(prompt, **kwargs))
-
-    def _run(
-        self, tokens, max_tokens, sampler, processors, stops, cancelled=None, boundary=None
-    ) -> Generator[GenerationResponse, None, None]:
-        tic = time.perf_counter()
-        cache = self._cache
-        generated: list[int] = []
-        clean = partial = False
-        try:
-            reused = cache.prepare(tokens)
-            quantize = functools.partial(
-                maybe_quantize_kv_cache,
-                quantized_kv_start=0,
-                kv_group_size=self.kv.group_size,
-                kv_bits=self.kv.kv_bits,
-            )
-            if not cache.prefill(tokens, quantize, cancelled, boundary=boundary):
-                partial = True  # the cache holds the chunks fed so far, a prefix of `tokens`
-                self._counters["cancelled"] += 1
-                return
-            self._counters["requests"] += 1
-            self._counters["prompt_tokens"] += len(tokens)
-            self._counters["prefix_tokens_reused"] += reused
-            self._counters["prefilled_tokens"] += len(tokens) - reused
-            responses = mlx_lm.stream_generate(
-                self.model,
-                self.tokenizer,
-                mx.array(tokens[-1:]),
-                max_tokens=max_tokens,
-                sampler=sampler,
-                logits_processors=_with_history(processors, tokens[:-1]),
-                prompt_cache=cache.cache,
-                kv_bits=self.kv.kv_bits,
-                kv_group_size=self.kv.group_size,
-                quantized_kv_start=0,
-            )
-            try:
-                for r in responses:
-                    generated.append(r.token)
-                    if len(generated) == 1:
-                        ttft = time.perf_counter() - tic
-                        self._counters["last_ttft_s"] = ttft
-                    text, stopped = stops.feed(r.text)
-                    finish = "stop" if stopped else r.finish_reason
-                    if finish is not None and not stopped:
-                        text += stops.flush()
-                    fields = {f.name: getattr(r, f.name) for f in _FIELDS}
-                    fields.update(
-                        text=text,
-                        finish_reason=finish,
-                        prompt_tokens=len(tokens),
-                        prompt_tps=(len(tokens) - reused) / ttft,
-                    )
-                    yield Response(**fields, cached_tokens=reused)
-                    if finish is not None:
-                        break
-                clean = True
-            finally:
-                responses.close()
-        except GeneratorExit:
-            clean = True  # closed by the caller between tokens: the cache is consistent
-            self._counters["cancelled"] += 1
-            raise
-        finally:
-            # The cache has seen the prompt and every generated token (mlx-lm feeds each token
-            # before yielding it); after an error mid-step it may hold anything: drop it.
-            if clean:
-                cache.commit(tokens + generated)
-            elif not partial:  # a cancelled prefill left a prefix the cache holds exactly
-                cache.reset()
-            self._counters["generated_tokens"] += len(generated)
-            self._active = None
 
     def open_batch(self, max_streams: int) -> Batch:
         """A `Batch` decoding up to `max_streams` requests of this session together. Raises
@@ -465,24 +316,3 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-@dataclasses.dataclass
-class Response(GenerationResponse):
-    """mlx-lm's `GenerationResponse` and how many prompt tokens came from a prompt cache."""
-
-    cached_tokens: int = 0
-
-
-_FIELDS = dataclasses.fields(GenerationResponse)
-
-
-def _with_history(processors, history: list[int]):
-    """mlx-lm's logits processors see the tokens fed in this call only; prepend what the cache
-    already holds so a repetition penalty sees the same context as without the prefix cache."""
-    if not processors or not history:
-        return processors
-    prefix = mx.array(history)
-    return [
-        lambda tokens, logits, p=p: p(mx.concatenate([prefix, tokens]), logits) for p in processors
-    ]
