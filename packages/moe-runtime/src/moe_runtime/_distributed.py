@@ -2,9 +2,7 @@
 
 Every rank holds a `Session` on its stage of the model (`Session(..., group=...)`) and runs the
 same `stream` calls in the same order, so their caches, expert caches and random states stay
-alike. Rank 0 shares each request with the followers over MLX's ring, as mlx-lm's server does (an
-`all_sum` in which only rank 0's bytes are not zero), then one flag per token says whether the
-next one is wanted: a client that stops reading stops every rank at the same token.
+alike: rank 0 shares each request with the followers over MLX's ring (`_ring`).
 
 `Leader` is rank 0's side and a provider for moe-server: one thread of its own owns MLX, so a
 request can fail with `GroupUnavailable` (a rank gone, still loading, failed) while that thread
@@ -15,7 +13,6 @@ ranks are alive comes from `_control`, beside the ring.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import queue
@@ -25,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import mlx.core as mx
 
@@ -34,83 +31,15 @@ from moe_core import MoEError
 from ._control import BEAT_S, TIMEOUT_S, ControlClient, ControlServer, Topology
 from ._pipeline import barrier
 from ._resolve import resolve_model
+from ._ring import CLOSE, END, NEXT, SHARED, run_stream, share, summary
 
 log = logging.getLogger("moe_runtime")
 
-_NEXT, _CLOSE, _END = "next", "close", "end"
 _POLL_S = 0.2
-# Sampling arguments that can be sent to the other ranks (callables cannot).
-_SHARED = (
-    "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-    "presence_penalty", "frequency_penalty", "logit_bias", "seed", "stop",
-)  # fmt: skip
 
 
 class GroupUnavailable(MoEError):
     """The distributed group cannot serve: a rank is gone, failed, or not ready yet."""
-
-
-def _share(group: mx.distributed.Group, obj: dict | None) -> dict:
-    """Rank 0's `obj` on every rank (the others pass None)."""
-    if group.rank() == 0:
-        data = mx.array(list(json.dumps(obj).encode()), dtype=mx.uint8)
-        mx.eval(mx.distributed.all_sum(mx.array(data.size), group=group, stream=mx.cpu))
-        mx.eval(mx.distributed.all_sum(data, group=group, stream=mx.cpu))
-        assert obj is not None, "rank 0 shares a dict"
-        return obj
-    size = cast(int, mx.distributed.all_sum(mx.array(0), group=group, stream=mx.cpu).item())
-    data = mx.distributed.all_sum(mx.zeros(size, dtype=mx.uint8), group=group, stream=mx.cpu)
-    # mlx's stubs do not declare the buffer protocol its arrays have.
-    return json.loads(bytes(memoryview(data)))  # type: ignore[arg-type]
-
-
-def _flag(group: mx.distributed.Group, value: bool) -> bool:
-    """Rank 0's yes or no on every rank."""
-    value = value if group.rank() == 0 else False
-    return bool(mx.distributed.all_sum(mx.array(int(value)), group=group, stream=mx.cpu).item())
-
-
-def summary(session, seq: int = 0) -> dict:
-    """One rank's figures for /health and /metrics, after request `seq`."""
-    stats = session.stats()
-    budget = stats.get("budget") or {}
-    return {
-        "seq": seq,
-        "layers": (stats.get("pipeline") or {}).get("layers"),
-        "process_memory": stats["session"]["process_memory"],
-        "peak_memory": stats.get("peak_memory"),
-        "budget_memory": budget.get("memory"),
-        "capacity": list(budget.get("capacity") or ()),
-        "hits": stats["hits"],
-        "misses": stats["misses"],
-        "hit_rate": stats["hit_rate"],
-        "bytes_read": stats["bytes_read"],
-        "generated_tokens": stats["session"]["generated_tokens"],
-    }
-
-
-def _run_stream(group, session, request: dict, want: Callable[[], bool], emit, cancelled) -> None:
-    """One request on one rank; `want()` (rank 0's decision) is asked before every token."""
-    kwargs = dict(request["kwargs"])
-    if kwargs.get("logit_bias"):  # JSON keys are strings
-        kwargs["logit_bias"] = {int(k): v for k, v in kwargs["logit_bias"].items()}
-    try:
-        responses = session.stream(
-            request["tokens"], cancelled=lambda: _flag(group, cancelled()), **kwargs
-        )
-    except ValueError as e:  # the same arguments fail alike on every rank
-        emit(e)
-        return
-    try:
-        while _flag(group, want()):
-            try:
-                emit(next(responses))
-            except StopIteration:
-                emit(_END)
-                return
-        emit(_CLOSE)
-    finally:
-        responses.close()
 
 
 @dataclass(slots=True)
@@ -172,13 +101,13 @@ class Leader:
         try:
             while (request := self._requests.get()) is not None:
                 shared = {"seq": request.seq, "tokens": request.tokens, "kwargs": request.kwargs}
-                _share(group, {"op": "stream", **shared})
+                share(group, {"op": "stream", **shared})
 
                 def advance(r: _Request = request) -> bool:
-                    return r.steps.get() == _NEXT
+                    return r.steps.get() == NEXT
 
                 try:
-                    _run_stream(
+                    run_stream(
                         group,
                         self.session,
                         shared,
@@ -189,7 +118,7 @@ class Leader:
                     self._refresh(request.seq)
                 finally:
                     request.done.set()
-            _share(group, {"op": "stop"})
+            share(group, {"op": "stop"})
             barrier(group)
             self.session.close()
             self._set("stopped", None)
@@ -249,7 +178,7 @@ class Leader:
             tools=kwargs.pop("tools", None),
             chat_template_kwargs=kwargs.pop("chat_template_kwargs", None),
         )
-        unknown = set(kwargs) - set(_SHARED)
+        unknown = set(kwargs) - SHARED
         if unknown:  # e.g. a grammar's logits processor: every rank samples, only rank 0 has it
             raise ValueError(
                 f"{', '.join(sorted(unknown))}: not available on a model split across hosts"
@@ -263,9 +192,9 @@ class Leader:
         ended = False
         try:
             while True:
-                request.steps.put(_NEXT)
+                request.steps.put(NEXT)
                 item = self._wait(request)
-                if item is _END or item == _CLOSE:
+                if item is END or item == CLOSE:
                     ended = True
                     return
                 if isinstance(item, BaseException):
@@ -274,7 +203,7 @@ class Leader:
                 yield item
         finally:
             if not ended:
-                request.steps.put(_CLOSE)
+                request.steps.put(CLOSE)
             # The ranks finish the request (a few collectives) before the next one starts, and
             # report their figures for it, so stats() after a request counts every rank's part.
             while not request.done.wait(_POLL_S) and self.control.problem() is None:
@@ -391,8 +320,8 @@ def follow(
         session = Session(path, group=group, **session_kwargs)
         control.send(state="ready", stats=summary(session))
         control.ready = True
-        while (request := _share(group, None))["op"] == "stream":
-            _run_stream(group, session, request, lambda: False, lambda _: None, lambda: False)
+        while (request := share(group, None))["op"] == "stream":
+            run_stream(group, session, request, lambda: False, lambda _: None, lambda: False)
             control.send(stats=summary(session, request["seq"]))
         stopping.set()
         barrier(group)
