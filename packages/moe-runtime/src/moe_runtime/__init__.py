@@ -22,7 +22,7 @@ from ._oneshot import generate, stream_generate
 from ._pipeline import Stage, pipeline, plan_split
 from ._resolve import ModelNotFoundError, resolve_model
 from ._session import Session
-from ._snapshots import PromptCacheWarning
+from ._snapshot_files import PromptCacheWarning
 from ._stops import StopText
 from ._stream import Response
 from ._verify import FileCheck, verify
