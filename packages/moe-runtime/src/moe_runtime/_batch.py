@@ -110,13 +110,9 @@ class Batch:
             cache.reset()  # an error mid-chunk (a failed read) may leave any state: drop it
             raise
         if not fed:  # the cache holds the chunks fed so far, a prefix the next prompt reuses
-            session._counters["cancelled"] += 1
+            session._counters.cancel()
             return None
-        counters = session._counters
-        counters["requests"] += 1
-        counters["prompt_tokens"] += len(tokens)
-        counters["prefix_tokens_reused"] += reused
-        counters["prefilled_tokens"] += len(tokens) - reused
+        session._counters.prefilled(len(tokens), reused)
         if options.get("temperature", 0.0) == 0:
             # The batch's own argmax (None, which mlx-lm's annotation leaves out): one call for
             # every greedy request.
@@ -143,7 +139,7 @@ class Batch:
             now = time.perf_counter()
             if stream.first is None:
                 stream.first = now
-                self.session._counters["last_ttft_s"] = now - stream.started
+                self.session._counters.first_token(now - stream.started)
             stream.generated += 1
             # As mlx-lm's stream_generate: an end token adds no text.
             if r.finish_reason != "stop":
@@ -166,7 +162,7 @@ class Batch:
     def remove(self, uid: int) -> None:
         """End a request before its last token (counted as cancelled, as closing a stream is)."""
         if uid in self._streams:
-            self.session._counters["cancelled"] += 1
+            self.session._counters.cancel()
             self._leave(uid)
 
     def _leave(self, uid: int) -> None:
@@ -176,7 +172,7 @@ class Batch:
 
     def _finished(self, uid: int, cache: list | None, tokens: list[int] | None) -> None:
         stream = self._streams.pop(uid)
-        self.session._counters["generated_tokens"] += stream.generated
+        self.session._counters.generated(stream.generated)
         if cache is not None and tokens is not None:
             # The next turn of this conversation reuses what this request computed. Evaluated
             # now: a lazy slice of the batch's cache would keep all of it alive, and could not

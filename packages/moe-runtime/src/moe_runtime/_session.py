@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import GenerationResponse, generation_stream
@@ -21,7 +20,7 @@ from ._prefix import PromptCache
 from ._resolve import resolve_model
 from ._snapshots import DISK_DEFAULT, default_memory, open_store, parse_limit
 from ._stops import StopText
-from ._stream import prepare, run
+from ._stream import Counters, prepare, run
 from ._template import Prompt, encode_prompt
 from ._warm import WarmStart
 
@@ -167,15 +166,7 @@ class Session:
         self._cache = PromptCache(self.model, enabled=prefix_cache, agree=agree, store=store)
         self._active: Generator[GenerationResponse, None, None] | None = None
         self._closed = False
-        self._counters: dict[str, Any] = dict(
-            requests=0,
-            prompt_tokens=0,
-            generated_tokens=0,
-            prefix_tokens_reused=0,
-            prefilled_tokens=0,
-            cancelled=0,
-            last_ttft_s=None,
-        )
+        self._counters = Counters()
 
     # -- start ------------------------------------------------------------------------------
 
@@ -273,7 +264,7 @@ class Session:
         `window=False` leaves out moe-core's costly Belady window (`OffloadHandle.stats`)."""
         stats = self.handle.stats(window=window)
         stats["session"] = {
-            **self._counters,
+            **self._counters.as_dict(),
             "model": self.model_id,
             "cached_tokens": len(self._cache.tokens),
             "prefix_cache": dict(self._cache.counts),

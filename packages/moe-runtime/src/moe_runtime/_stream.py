@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx_lm
@@ -60,6 +60,44 @@ class Request:
     sampler: Callable
     processors: list
     boundary: int | None  # where a chat prompt's last message ends, for the prompt cache
+
+
+class Counters:
+    """A session's requests as they happen: `run` and `Batch` count them through these methods,
+    `Session.stats` reads `as_dict()`."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, Any] = dict(
+            requests=0,
+            prompt_tokens=0,
+            generated_tokens=0,
+            prefix_tokens_reused=0,
+            prefilled_tokens=0,
+            cancelled=0,
+            last_ttft_s=None,
+        )
+
+    def prefilled(self, prompt_tokens: int, reused: int) -> None:
+        """A request's prompt is in the cache, `reused` of its tokens from a prompt cache."""
+        counts = self._counts
+        counts["requests"] += 1
+        counts["prompt_tokens"] += prompt_tokens
+        counts["prefix_tokens_reused"] += reused
+        counts["prefilled_tokens"] += prompt_tokens - reused
+
+    def first_token(self, seconds: float) -> None:
+        self._counts["last_ttft_s"] = seconds
+
+    def generated(self, tokens: int) -> None:
+        self._counts["generated_tokens"] += tokens
+
+    def cancel(self) -> None:
+        self._counts["cancelled"] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._counts)
 
 
 def prepare(
@@ -122,12 +160,9 @@ def run(
         )
         if not cache.prefill(tokens, quantize, cancelled, boundary=request.boundary):
             partial = True  # the cache holds the chunks fed so far, a prefix of `tokens`
-            counters["cancelled"] += 1
+            counters.cancel()
             return
-        counters["requests"] += 1
-        counters["prompt_tokens"] += len(tokens)
-        counters["prefix_tokens_reused"] += reused
-        counters["prefilled_tokens"] += len(tokens) - reused
+        counters.prefilled(len(tokens), reused)
         responses = mlx_lm.stream_generate(
             session.model,
             session.tokenizer,
@@ -145,7 +180,7 @@ def run(
                 generated.append(r.token)
                 if len(generated) == 1:
                     ttft = time.perf_counter() - tic
-                    counters["last_ttft_s"] = ttft
+                    counters.first_token(ttft)
                 text, stopped = stops.feed(r.text)
                 finish = "stop" if stopped else r.finish_reason
                 if finish is not None and not stopped:
@@ -165,7 +200,7 @@ def run(
             responses.close()
     except GeneratorExit:
         clean = True  # closed by the caller between tokens: the cache is consistent
-        counters["cancelled"] += 1
+        counters.cancel()
         raise
     finally:
         # The cache has seen the prompt and every generated token (mlx-lm feeds each token
@@ -174,7 +209,7 @@ def run(
             cache.commit(tokens + generated)
         elif not partial:  # a cancelled prefill left a prefix the cache holds exactly
             cache.reset()
-        counters["generated_tokens"] += len(generated)
+        counters.generated(len(generated))
         session._active = None
 
 
