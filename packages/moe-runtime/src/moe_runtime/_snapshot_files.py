@@ -16,7 +16,6 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlx.core as mx
@@ -24,9 +23,10 @@ from mlx_lm.models.cache import load_prompt_cache, save_prompt_cache
 
 import moe_core
 
+from ._versions import package_versions
+
 FORMAT = "1"
 SUFFIX = ".safetensors"
-_PACKAGES = ("moe-core", "moe-runtime", "mlx", "mlx-lm")
 
 
 class PromptCacheWarning(UserWarning):
@@ -44,12 +44,6 @@ class Entry:
 
 def make_key(fingerprint: str, *, kv_bits, kv_group_size: int, miss: str, layers=None) -> dict:
     """What a snapshot's values depend on: another value in any field means another cache."""
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "unknown"
     return {
         "format": FORMAT,
         "fingerprint": fingerprint,
@@ -57,7 +51,7 @@ def make_key(fingerprint: str, *, kv_bits, kv_group_size: int, miss: str, layers
         "kv_group_size": kv_group_size,
         "miss": miss,
         "layers": list(layers) if layers is not None else None,
-        "versions": versions,
+        "versions": package_versions(),
     }
 
 

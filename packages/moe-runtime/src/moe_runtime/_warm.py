@@ -20,7 +20,6 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,12 @@ import numpy as np
 
 import moe_core
 
+from ._versions import package_versions
+
 FORMAT = 3
 _FORMATS = (1, 2, 3)  # format 1 had the resident set only, 2 no recent steps nor policy
 # Fewer recent steps than this per layer are too few to hold a third out and choose on.
 MIN_CHOOSE_STEPS = 96
-_PACKAGES = ("moe-core", "moe-runtime", "mlx", "mlx-lm")
 
 
 class WarmStartWarning(UserWarning):
@@ -51,7 +51,7 @@ class WarmKey:
 
 
 def make_key(fingerprint: str, capacity: list[int], profile: str | None) -> WarmKey:
-    return WarmKey(fingerprint, tuple(capacity), profile, tuple(_versions().items()))
+    return WarmKey(fingerprint, tuple(capacity), profile, tuple(package_versions().items()))
 
 
 def default_cache_dir() -> Path:
@@ -352,13 +352,3 @@ def _difference(saved, key: WarmKey) -> str:
 
 def _len(value) -> int | str:
     return len(value) if isinstance(value, list) else "no"
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "unknown"
-    return out
