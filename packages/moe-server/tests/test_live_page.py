@@ -312,6 +312,38 @@ def test_a_slow_sample_stretches_the_interval(serve_app, provider):
     assert (np.diff(starts) >= 0.02 / 0.01 - 0.01).all(), np.diff(starts)
 
 
+def test_an_owed_full_sample_waits_for_the_end_of_a_job_not_between_tokens(serve_app, provider):
+    """The sample after a job replays the Belady window (tens of ms on a real model): when the
+    budget leaves it owed and the next job starts at once, it is not taken between that job's
+    tokens (where it would cost the request's tok/s) but after a job or while the worker idles."""
+
+    class Recording(ScriptedProvider):
+        generating = False
+
+        def stream(self, prompt, **options):
+            self.generating = True
+            try:
+                yield from super().stream(prompt, **options)
+            finally:
+                self.generating = False
+
+        def stats(self, *, window: bool = True) -> dict:
+            if window:
+                full.append(self.generating)
+                time.sleep(0.03)  # a budget of 3 s before the next sample
+            return super().stats()
+
+    full: list[bool] = []
+    recording = Recording(provider, delay=0.01)
+    server = serve_app(recording)
+    worker = server.app.state.engine.worker
+    body = {"model": "m", "max_tokens": 100, "messages": CHAT}  # ~1 s of tokens each
+    for _ in range(5):  # back to back: the sample after each but the first few is owed
+        assert httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60).is_success
+    _until(lambda: worker.live.owed_in() is None, timeout=30)
+    assert len(full) >= 2 and not any(full), full  # at start and after jobs, never during one
+
+
 class _Watched:
     """The real session, with its handle's observe/unobserve calls recorded (thread names)."""
 

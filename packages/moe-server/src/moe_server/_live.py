@@ -130,14 +130,15 @@ class Sampler:
         state.last = now
         state.tokens += 1
         self._tokens += 1
-        if now >= self._free_at and (
-            self.owed or (self.listeners and now - self._sampled >= self.interval)
-        ):
-            self.sample(now, full=self.owed)
+        # Only the page's light samples come between tokens: an owed full sample waits for the
+        # end of a job or an idle worker, since its Belady replay would cost this request's tok/s.
+        if self.listeners and now >= self._free_at and now - self._sampled >= self.interval:
+            self.sample(now, full=False)
 
     def after_job(self) -> Sample | None:
         """The sample after a job (the state /metrics shows, the page's last frame of it): taken
-        now if the budget allows, else owed (`owed_in`, `token`)."""
+        now if the budget allows, else owed (`owed_in`): taken while the worker is idle, or after
+        the next job, never between tokens."""
         self.owed = True
         return self.sample() if time.perf_counter() >= self._free_at else None
 
