@@ -5,20 +5,19 @@ counted in the plan, and `exact` is unchanged beside it."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import textwrap
 import threading
 from concurrent.futures import Future
 
 import mlx.core as mx
 import pytest
 from _models import greedy, identical, offloaded, prompt, reference, vocab_size
+from _peak import CONFIG as PEAK_CONFIG
+from _peak import bulk_checkpoint, peak_run
 from mlx.utils import tree_flatten
 from mlx_lm.utils import load_model
 
 import moe_core
-from moe_testing import BulkSpec, build_bulk_checkpoint
 
 
 class HeldReads:
@@ -185,52 +184,17 @@ def test_exact_and_skip_plans_have_no_copies(moe_checkpoint):
             assert identical(greedy(model, tokens, 3)[0], greedy(reference(path), tokens, 3)[0])
 
 
-CONFIG = dict(
-    model_type="qwen3_moe", hidden_size=512, num_hidden_layers=8, intermediate_size=512,
-    num_attention_heads=4, num_key_value_heads=2, head_dim=128, num_experts=128,
-    num_experts_per_tok=4, decoder_sparse_step=1, mlp_only_layers=[], moe_intermediate_size=512,
-    rms_norm_eps=1e-6, vocab_size=512, rope_theta=10000.0, tie_word_embeddings=False,
-    max_position_embeddings=2048, norm_topk_prob=True,
-)  # fmt: skip
-BUDGET = 640 * 1024 * 1024
-
-RUN = textwrap.dedent(
-    """
-    import json, sys
-    from pathlib import Path
-    import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
-    from mlx_lm.utils import load_model
-    import moe_core
-
-    path, budget = Path(sys.argv[1]), int(sys.argv[2])
-    model, _ = load_model(path, lazy=True)
-    handle = moe_core.offload(model, path, memory=budget, miss="lowbit")
-    mx.eval(model.parameters())
-    cache = make_prompt_cache(model)
-    logits = model(mx.array([list(range(3, 67))]), cache=cache)
-    for _ in range(8):
-        token = mx.argmax(logits[:, -1], axis=-1)
-        logits = model(token[:, None], cache=cache)
-        mx.eval(logits)
-    stats = handle.stats()
-    print(json.dumps({"peak": handle.backend.peak_memory(), "capacity": handle.capacity,
-                      "copies": sum(handle.plan.lowbit_bytes), "lowbit": stats["lowbit"],
-                      "finite": bool(mx.isfinite(logits).all())}))
-    """
+# The memory test's geometry at half its width.
+CONFIG = PEAK_CONFIG | dict(
+    hidden_size=512, intermediate_size=512, moe_intermediate_size=512, num_attention_heads=4
 )
+BUDGET = 640 * 1024 * 1024
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM")
 def test_peak_memory_stays_under_budget_with_the_copies(tmp_path):
-    path = build_bulk_checkpoint(BulkSpec(CONFIG, dtype="float32"), tmp_path / "model")
-    experts = json.loads((path / "bulk.json").read_text())["expert_bytes"]
-    out = subprocess.run(
-        [sys.executable, "-c", RUN, str(path), str(BUDGET)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    path, experts = bulk_checkpoint(CONFIG, tmp_path)
+    result = peak_run(path, BUDGET, miss="lowbit")
     assert result["finite"] and result["lowbit"] > 0
     assert result["peak"] < BUDGET, result
     # Without counting the copies, the slots alone would have filled the budget.
