@@ -42,8 +42,9 @@ def flag(group: mx.distributed.Group, value: bool) -> bool:
 
 
 def summary(session, seq: int = 0) -> dict:
-    """One rank's figures for /health and /metrics, after request `seq`."""
-    stats = session.stats()
+    """One rank's figures for /health and /metrics, after request `seq` (none of them needs the
+    Belady window, whose replay would run on every rank after every request)."""
+    stats = session.stats(window=False)
     budget = stats.get("budget") or {}
     return {
         "seq": seq,
